@@ -1,0 +1,338 @@
+"""`lore`: the command line. Every command works on its own or beside a running `lore serve` on the
+same data directory, sharing its embedded servers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+from types import FrameType
+
+import msgspec
+
+from app.settings import ConfigError, Settings, load_settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("lore")
+
+DEMO_TENANT = "demo"
+DEMO_CHRONICLE_TITLE = "The Salt Road"
+DEMO_KEY_FILE = "demo-api-key"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        print(f"lore: invalid configuration: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        return int(args.handler(settings, args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except CliError as error:
+        print(f"lore: {error}", file=sys.stderr)
+        return 1
+
+
+class CliError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lore", description="Lorekeeper narrative context service")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP service (embedded servers unless URLs are set)")
+    serve.add_argument("--host", help="bind address (default LORE_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default LORE_PORT or 8000)")
+    serve.add_argument("--demo", action="store_true", help="create a demo tenant and story, print its key")
+    serve.set_defaults(handler=cmd_serve)
+
+    migrate = commands.add_parser("migrate", help="upgrade the database schema (or --to a revision)")
+    migrate.add_argument("--to", default="head", help="target revision: head (default), base, or an id")
+    migrate.set_defaults(handler=cmd_migrate)
+
+    tenant = commands.add_parser("tenant", help="manage tenants")
+    tenant_commands = tenant.add_subparsers(title="tenant commands", metavar="COMMAND")
+    create = tenant_commands.add_parser("create", help="create a tenant and print its API key")
+    create.add_argument("name")
+    create.set_defaults(handler=cmd_tenant_create)
+
+    demo = commands.add_parser("demo", help="load the sample story into a demo chronicle")
+    demo.add_argument("--tenant", default=DEMO_TENANT, help="tenant name (created if missing)")
+    demo.set_defaults(handler=cmd_demo)
+
+    ingest = commands.add_parser("ingest", help="append events from a JSON Lines file to a chronicle")
+    ingest.add_argument("file", type=Path, help="one event object per line ('-' for standard input)")
+    ingest.add_argument("--tenant", required=True, help="tenant name")
+    ingest.add_argument("--chronicle", help="chronicle id (default: create one titled after the file)")
+    ingest.add_argument("--batch-size", type=int, default=100, help="events per transaction (1..1000)")
+    ingest.set_defaults(handler=cmd_ingest)
+    return parser
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so that embedded servers are released on both."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+    from app.runtime import open_endpoints
+
+    if args.host:
+        settings = msgspec.structs.replace(settings, host=args.host)
+    if args.port is not None:
+        settings = msgspec.structs.replace(settings, port=args.port)
+    with _terminate_as_interrupt(), open_endpoints(settings) as endpoints:
+        if args.demo:
+            key, chronicle_id = asyncio.run(_prepare_demo(settings, endpoints))
+            _print_demo_banner(settings, key, chronicle_id)
+        app = create_app(settings, endpoints)
+        config = uvicorn.Config(
+            app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), access_log=False
+        )
+        # uvicorn handles SIGINT/SIGTERM itself while serving and returns after a clean shutdown;
+        # leaving the `with` block then releases the embedded servers.
+        uvicorn.Server(config).run()
+    return 0
+
+
+def _run_with_services(settings: Settings, work: object, *, need_redis: bool = False) -> object:
+    from app.runtime import open_endpoints
+    from app.services import open_services
+
+    async def run(endpoints: object) -> object:
+        async with open_services(settings, endpoints) as services:  # type: ignore[arg-type]
+            return await work(services)  # type: ignore[operator]
+
+    with _terminate_as_interrupt(), open_endpoints(settings, need_redis=need_redis) as endpoints:
+        return asyncio.run(run(endpoints))
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from app.database import create_engine, migrate
+    from app.runtime import open_endpoints
+    from app.services import build_embedder
+
+    dimension = settings.embedding_dimension or build_embedder(settings).dimension
+
+    async def run(url: str) -> None:
+        engine = create_engine(url, timeout_ms=settings.db_timeout_ms, pool_size=1)
+        try:
+            await migrate(engine, dimension, args.to)
+        finally:
+            await engine.dispose()
+
+    with _terminate_as_interrupt(), open_endpoints(settings, need_redis=False) as endpoints:
+        asyncio.run(run(endpoints.database_url))
+    print(f"database migrated to {args.to}")
+    return 0
+
+
+def cmd_tenant_create(settings: Settings, args: argparse.Namespace) -> int:
+    from app.auth import create_tenant, find_tenant
+
+    async def work(services: object) -> str:
+        async with services.engine.begin() as conn:  # type: ignore[attr-defined]
+            if await find_tenant(conn, args.name) is not None:
+                raise CliError(f"tenant {args.name!r} exists already")
+            tenant_id, key = await create_tenant(conn, args.name)
+        print(f"tenant {args.name} ({tenant_id})", file=sys.stderr)
+        return key
+
+    key = _run_with_services(settings, work)
+    print(key)
+    return 0
+
+
+async def _ensure_demo(services: object, tenant_name: str) -> tuple[str | None, uuid.UUID, uuid.UUID, int]:
+    """Create the demo tenant and chronicle if missing and load the sample story idempotently."""
+    from sqlalchemy import select
+
+    from app.auth import create_tenant, find_tenant
+    from rag.events import EventIn
+    from rag.ingest import ingest_batch
+    from rag.schema import chronicles
+    from rag.store import create_chronicle
+
+    events = load_sample_story()
+    key = None
+    async with services.engine.begin() as conn:  # type: ignore[attr-defined]
+        tenant_id = await find_tenant(conn, tenant_name)
+        if tenant_id is None:
+            tenant_id, key = await create_tenant(conn, tenant_name)
+        chronicle_id = await conn.scalar(
+            select(chronicles.c.id).where(
+                chronicles.c.tenant_id == tenant_id, chronicles.c.title == DEMO_CHRONICLE_TITLE
+            )
+        )
+        if chronicle_id is None:
+            row = await create_chronicle(
+                conn,
+                tenant_id,
+                title=DEMO_CHRONICLE_TITLE,
+                description="Sample story shipped with Lorekeeper: a salt caravan, a stolen key, a death.",
+                metadata={"demo": True},
+                embedding_model=services.embedder.model_id,  # type: ignore[attr-defined]
+            )
+            chronicle_id = row.id
+    results = await ingest_batch(
+        services.engine, services.embed, tenant_id, chronicle_id, events  # type: ignore[attr-defined]
+    )
+    assert results is not None
+    new = sum(not r.duplicate for r in results)
+    _ = EventIn
+    return key, tenant_id, chronicle_id, new
+
+
+def load_sample_story() -> list[object]:
+    from rag.events import EventIn
+
+    text = resources.files("app.demo").joinpath("salt_road.jsonl").read_text(encoding="utf-8")
+    return [msgspec.json.decode(line, type=EventIn) for line in text.splitlines() if line.strip()]
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(services: object) -> tuple[str | None, uuid.UUID, uuid.UUID, int]:
+        return await _ensure_demo(services, args.tenant)
+
+    key, tenant_id, chronicle_id, new = _run_with_services(settings, work)  # type: ignore[misc]
+    print(f"chronicle {chronicle_id} ({DEMO_CHRONICLE_TITLE}): {new} new events", file=sys.stderr)
+    if key:
+        print(f"tenant {args.tenant} created; API key (shown once): {key}", file=sys.stderr)
+    print(chronicle_id)
+    return 0
+
+
+async def _prepare_demo(settings: Settings, endpoints: object) -> tuple[str, uuid.UUID]:
+    """For `serve --demo`: the demo chronicle plus a key kept in the data dir for local use."""
+    from app.auth import find_tenant, issue_key, tenant_for_key
+    from app.services import open_services
+
+    key_file = settings.data_dir / DEMO_KEY_FILE
+    async with open_services(settings, endpoints) as services:  # type: ignore[arg-type]
+        new_key, tenant_id, chronicle_id, _ = await _ensure_demo(services, DEMO_TENANT)
+        if new_key is None and key_file.is_file():
+            stored = key_file.read_text().strip()
+            async with services.engine.connect() as conn:
+                if await tenant_for_key(conn, stored) == tenant_id:
+                    return stored, chronicle_id
+        if new_key is None:
+            async with services.engine.begin() as conn:
+                found = await find_tenant(conn, DEMO_TENANT)
+                assert found is not None
+                new_key = await issue_key(conn, found)
+    key_file.write_text(new_key + "\n")
+    key_file.chmod(0o600)
+    return new_key, chronicle_id
+
+
+def _print_demo_banner(settings: Settings, key: str, chronicle_id: uuid.UUID) -> None:
+    base = f"http://{settings.host}:{settings.port}"
+    print(
+        "\n".join(
+            [
+                "",
+                "Lorekeeper demo is starting.",
+                f"  API key (tenant '{DEMO_TENANT}'): {key}",
+                f"  demo chronicle: {chronicle_id}",
+                f"  try: curl -s -H 'Authorization: Bearer {key}' {base}/api/chronicles/{chronicle_id}/events?limit=3",
+                f"  API docs: {base}/schema",
+                "",
+            ]
+        ),
+        flush=True,
+    )
+
+
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from app.auth import find_tenant
+    from rag.events import MAX_BATCH_EVENTS, EventIn
+    from rag.ingest import ingest_batch
+    from rag.store import create_chronicle, get_chronicle
+
+    if not 1 <= args.batch_size <= MAX_BATCH_EVENTS:
+        raise CliError(f"--batch-size must be between 1 and {MAX_BATCH_EVENTS}")
+    source = sys.stdin if str(args.file) == "-" else None
+    if source is None and not args.file.is_file():
+        raise CliError(f"{args.file}: no such file")
+    lines = (source.read() if source else args.file.read_text(encoding="utf-8")).splitlines()
+    events: list[EventIn] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            events.append(msgspec.json.decode(line, type=EventIn))
+        except (msgspec.ValidationError, msgspec.DecodeError) as error:
+            raise CliError(f"{args.file}:{number}: {error}; nothing was ingested") from None
+
+    async def work(services: object) -> tuple[uuid.UUID, int, int]:
+        async with services.engine.begin() as conn:  # type: ignore[attr-defined]
+            tenant_id = await find_tenant(conn, args.tenant)
+            if tenant_id is None:
+                raise CliError(f"no tenant named {args.tenant!r} (create it with `lore tenant create`)")
+            if args.chronicle:
+                try:
+                    chronicle_id = uuid.UUID(args.chronicle)
+                except ValueError:
+                    raise CliError(f"--chronicle: {args.chronicle!r} is not a UUID") from None
+                if await get_chronicle(conn, tenant_id, chronicle_id) is None:
+                    raise CliError(f"no chronicle {chronicle_id} for tenant {args.tenant!r}")
+            else:
+                row = await create_chronicle(
+                    conn, tenant_id, title=Path(str(args.file)).stem, description=None, metadata={},
+                    embedding_model=services.embedder.model_id,  # type: ignore[attr-defined]
+                )  # fmt: skip
+                chronicle_id = row.id
+        new = duplicates = 0
+        with tqdm(total=len(events), unit="event", desc="ingest", file=sys.stderr) as progress:
+            for start in range(0, len(events), args.batch_size):
+                batch = events[start : start + args.batch_size]
+                results = await ingest_batch(
+                    services.engine, services.embed, tenant_id, chronicle_id, batch  # type: ignore[attr-defined]
+                )
+                assert results is not None
+                new += sum(not r.duplicate for r in results)
+                duplicates += sum(r.duplicate for r in results)
+                progress.update(len(batch))
+        return chronicle_id, new, duplicates
+
+    chronicle_id, new, duplicates = _run_with_services(settings, work)  # type: ignore[misc]
+    print(f"{new} events stored, {duplicates} duplicates skipped", file=sys.stderr)
+    print(chronicle_id)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

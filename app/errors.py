@@ -1,0 +1,169 @@
+"""RFC 9457 problem details for every error the API returns.
+
+One error base class carries status and type; one set of handlers turns it, Litestar's own
+exceptions, and database outages into `application/problem+json`. Unexpected errors are logged
+with their stack trace and answered with a 500 that carries none.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from app.database import DatabaseUnavailable, is_unavailable_error
+from rag.store import EmbeddingSpaceMismatch
+
+__all__ = ["FieldError", "ProblemError", "exception_handlers", "problem_response"]
+
+log = logging.getLogger("lore.errors")
+
+PROBLEM_TYPE_BASE = "https://lorekeeper.dev/problems/"
+RETRY_AFTER_SECONDS = "2"
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    field: str
+    message: str
+    index: int | None = None
+
+
+class ProblemError(Exception):
+    """An error the client should see, with its HTTP status and a stable problem type."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        problem_type: str,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.problem_type = problem_type
+        self.errors = errors or []
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+def not_found(what: str, identifier: object) -> ProblemError:
+    return ProblemError(404, "Not found", f"{what} {identifier} does not exist", problem_type="not-found")
+
+
+def bad_parameter(field: str, message: str) -> ProblemError:
+    return ProblemError(
+        400, "Invalid parameter", f"{field}: {message}", problem_type="invalid-parameter",
+        errors=[FieldError(field=field, message=message)],
+    )  # fmt: skip
+
+
+def problem_response(
+    request: Request[Any, Any, Any] | None,
+    status: int,
+    title: str,
+    detail: str,
+    problem_type: str,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + problem_type,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if request is not None:
+        body["instance"] = request.url.path
+    if errors:
+        body["errors"] = [msgspec.to_builtins(e) for e in errors]
+    if extra:
+        body.update(extra)
+    return Response(body, status_code=status, media_type="application/problem+json", headers=headers)
+
+
+def _handle_problem(request: Request[Any, Any, Any], exc: ProblemError) -> Response[dict[str, Any]]:
+    return problem_response(
+        request, exc.status, exc.title, exc.detail, exc.problem_type, exc.errors, exc.headers, exc.extra
+    )
+
+
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+def _field_error(item: dict[str, Any]) -> FieldError:
+    message = str(item.get("message", "invalid value"))
+    key = str(item.get("key", "") or "")
+    # msgspec reports post-init errors at the object; we keep its path (`events[3].effects[0]`).
+    key = key.removeprefix("$.").removeprefix("data.")
+    match = _INDEX.search(key)
+    index = int(match.group(1)) if match and key.startswith("events[") else None
+    return FieldError(field=key or "body", message=message, index=index)
+
+
+def _handle_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    raw = exc.extra if isinstance(exc.extra, list) else []
+    errors = [_field_error(item) for item in raw if isinstance(item, dict)]
+    body_errors = any(isinstance(item, dict) and item.get("source") == "body" for item in raw)
+    if errors:
+        detail = "; ".join(
+            (f"event {e.index}: " if e.index is not None else "") + f"{e.field}: {e.message}" for e in errors
+        )
+    else:
+        detail = str(exc.detail)
+    # Body that parsed as JSON but does not fit the schema is 422; malformed JSON and bad
+    # query or path parameters are 400.
+    malformed = "JSON is malformed" in detail or "malformed" in detail.lower()
+    status = 422 if body_errors and not malformed else 400
+    return problem_response(request, status, "Invalid request", detail, "invalid-request", errors)
+
+
+def _handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    status = exc.status_code
+    title = {401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
+             413: "Request too large", 429: "Too many requests"}.get(status, "Error")  # fmt: skip
+    headers = dict(exc.headers or {})
+    detail = str(exc.detail)
+    if status == 404 and detail == "Not Found":
+        detail = f"no route for {request.method} {request.url.path}"
+    return problem_response(request, status, title, detail, title.lower().replace(" ", "-"), headers=headers)
+
+
+def _handle_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return problem_response(
+        request, 503, "Service unavailable", "the database is unreachable or timed out; retry shortly",
+        "database-unavailable", headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )  # fmt: skip
+
+
+def _handle_internal(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    if isinstance(exc, DatabaseUnavailable) or is_unavailable_error(exc):
+        return _handle_unavailable(request, exc)
+    if isinstance(exc, EmbeddingSpaceMismatch):
+        return problem_response(request, 409, "Embedding model mismatch", str(exc), "embedding-model-mismatch")
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(
+        request, HTTP_500_INTERNAL_SERVER_ERROR, "Internal server error",
+        "an unexpected error occurred; it has been logged", "internal",
+    )  # fmt: skip
+
+
+exception_handlers: dict[Any, Any] = {
+    ProblemError: _handle_problem,
+    ValidationException: _handle_validation,
+    HTTPException: _handle_http,
+    DatabaseUnavailable: _handle_unavailable,
+    Exception: _handle_internal,
+}

@@ -1,0 +1,51 @@
+"""The Litestar application factory."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+
+from app.dependencies import provide_services, provide_tenant
+from app.errors import exception_handlers
+from app.routes.chronicles import ChronicleController
+from app.routes.health import health, ready
+from app.runtime import Endpoints
+from app.services import open_services
+from app.settings import Settings
+from rag.embedding import Embedder
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings, endpoints: Endpoints, *, embedder: Embedder | None = None) -> Litestar:
+    """Build the app; `embedder` lets tests share one loaded model across app instances."""
+
+    @contextlib.asynccontextmanager
+    async def services_lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with open_services(settings, endpoints, embedder=embedder) as services:
+            app.state.services = services
+            yield
+
+    return Litestar(
+        route_handlers=[health, ready, ChronicleController],
+        lifespan=[services_lifespan],
+        dependencies={
+            "services": Provide(provide_services, sync_to_thread=False),
+            "tenant_id": Provide(provide_tenant),
+        },
+        exception_handlers=exception_handlers,
+        request_max_body_size=settings.max_request_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Lorekeeper",
+            version="0.1.0",
+            description="Narrative context service: chronicles, derived world state, context bundles.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin()],
+        ),
+        debug=False,
+    )

@@ -1,0 +1,37 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Response, get
+from sqlalchemy import text
+
+from app.database import current_revision, head_revision, is_unavailable_error
+from app.dependencies import ServicesDep
+
+__all__ = ["health", "ready"]
+
+
+@get("/health", summary="Liveness: the process is up", tags=["ops"])
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/ready", summary="Readiness: database reachable and migrated to head", tags=["ops"])
+async def ready(services: ServicesDep) -> Response[dict[str, Any]]:
+    checks: dict[str, Any] = {}
+    ok = True
+    try:
+        async with services.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+            revision = await current_revision(conn)
+        head = head_revision()
+        checks["database"] = "ok"
+        checks["migrations"] = {"current": revision, "head": head, "ok": revision == head}
+        ok = revision == head
+    except Exception as error:  # readiness reports every failure instead of raising
+        checks["database"] = "unavailable" if is_unavailable_error(error) else f"error: {type(error).__name__}"
+        ok = False
+    body = {"status": "ready" if ok else "not ready", "checks": checks}
+    return Response(body, status_code=200 if ok else 503, headers=None if ok else {"Retry-After": "2"})

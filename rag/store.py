@@ -1,0 +1,328 @@
+"""Chronicle store: the queries on chronicles and their event log.
+
+Functions take an open `AsyncConnection` and never commit: the caller owns the transaction (one
+per unit of work). Every query is scoped by tenant id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any, Final
+
+import msgspec
+from sqlalchemy import and_, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from rag.events import EventIn, effect_entities, normalize_name
+from rag.schema import chronicle_events, chronicles, embedding_spaces
+
+__all__ = [
+    "CHANNEL_EVENTS",
+    "ChronicleRow",
+    "EmbeddingSpaceMismatch",
+    "EventFilters",
+    "IngestedEvent",
+    "StoredEvent",
+    "append_events",
+    "claim_embedding_space",
+    "create_chronicle",
+    "existing_external_ids",
+    "get_chronicle",
+    "list_chronicles",
+    "list_events",
+]
+
+CHANNEL_EVENTS: Final = "lore_events"
+"""NOTIFY channel ingest signals on; the payload is the chronicle id."""
+
+
+class EmbeddingSpaceMismatch(Exception):
+    """The configured embedding model differs from the one the stored vectors come from."""
+
+
+class ChronicleRow(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    title: str
+    description: str | None
+    metadata: dict[str, Any]
+    embedding_model: str
+    last_sequence: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class IngestedEvent(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    sequence: int
+    external_id: str | None
+    duplicate: bool
+
+
+class StoredEvent(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    chronicle_id: uuid.UUID
+    sequence: int
+    external_id: str | None
+    kind: str
+    summary: str
+    actors: list[dict[str, Any]]
+    location: str | None
+    effects: list[dict[str, Any]]
+    occurred_at: dt.datetime | None
+    recorded_at: dt.datetime
+    tags: list[str]
+    importance: float
+
+
+class EventFilters(msgspec.Struct, frozen=True):
+    actor: str | None = None
+    kind: str | None = None
+    from_sequence: int | None = None
+    to_sequence: int | None = None
+    occurred_after: dt.datetime | None = None
+    occurred_before: dt.datetime | None = None
+
+
+_CHRONICLE_COLUMNS = (
+    chronicles.c.id,
+    chronicles.c.title,
+    chronicles.c.description,
+    chronicles.c.metadata,
+    chronicles.c.embedding_model,
+    chronicles.c.last_sequence,
+    chronicles.c.created_at,
+    chronicles.c.updated_at,
+)
+
+_EVENT_COLUMNS = (
+    chronicle_events.c.id,
+    chronicle_events.c.chronicle_id,
+    chronicle_events.c.sequence,
+    chronicle_events.c.external_id,
+    chronicle_events.c.kind,
+    chronicle_events.c.summary,
+    chronicle_events.c.actors,
+    chronicle_events.c.location,
+    chronicle_events.c.effects,
+    chronicle_events.c.occurred_at,
+    chronicle_events.c.recorded_at,
+    chronicle_events.c.tags,
+    chronicle_events.c.importance,
+)
+
+
+async def claim_embedding_space(conn: AsyncConnection, model_id: str, dimension: int) -> None:
+    """Record the model on first start; refuse a model or dimension other than the stored one."""
+    column_dimension = await conn.scalar(
+        text(
+            "SELECT atttypmod FROM pg_attribute "
+            "WHERE attrelid = 'chronicle_events'::regclass AND attname = 'embedding'"
+        )
+    )
+    if column_dimension is not None and column_dimension > 0 and column_dimension != dimension:
+        raise EmbeddingSpaceMismatch(
+            f"the database stores {column_dimension}-dimensional embeddings but the configured model "
+            f"{model_id!r} produces {dimension}; configure the original model or use a new database"
+        )
+    row = (
+        await conn.execute(select(embedding_spaces.c.model_id, embedding_spaces.c.dimension).limit(1))
+    ).first()
+    if row is None:
+        await conn.execute(insert(embedding_spaces).values(id=1, model_id=model_id, dimension=dimension))
+        return
+    if row.model_id != model_id or row.dimension != dimension:
+        raise EmbeddingSpaceMismatch(
+            f"the stored embeddings come from model {row.model_id!r} ({row.dimension} dimensions) but the "
+            f"configured model is {model_id!r} ({dimension} dimensions); refusing to mix models "
+            "(set EMBEDDING_PROVIDER/EMBEDDING_MODEL back, or use a new database)"
+        )
+
+
+async def create_chronicle(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    *,
+    title: str,
+    description: str | None,
+    metadata: dict[str, Any],
+    embedding_model: str,
+) -> ChronicleRow:
+    chronicle_id = uuid.uuid4()
+    row = (
+        await conn.execute(
+            insert(chronicles)
+            .values(
+                id=chronicle_id,
+                chronicle_id=chronicle_id,
+                tenant_id=tenant_id,
+                title=title,
+                description=description,
+                metadata=metadata,
+                embedding_model=embedding_model,
+            )
+            .returning(*_CHRONICLE_COLUMNS)
+        )
+    ).one()
+    return ChronicleRow(*row)
+
+
+async def get_chronicle(
+    conn: AsyncConnection, tenant_id: uuid.UUID, chronicle_id: uuid.UUID
+) -> ChronicleRow | None:
+    row = (
+        await conn.execute(
+            select(*_CHRONICLE_COLUMNS).where(chronicles.c.id == chronicle_id, chronicles.c.tenant_id == tenant_id)
+        )
+    ).first()
+    return None if row is None else ChronicleRow(*row)
+
+
+async def list_chronicles(
+    conn: AsyncConnection, tenant_id: uuid.UUID, *, limit: int, after: tuple[dt.datetime, uuid.UUID] | None
+) -> list[ChronicleRow]:
+    query = select(*_CHRONICLE_COLUMNS).where(chronicles.c.tenant_id == tenant_id)
+    if after is not None:
+        query = query.where(
+            func.row(chronicles.c.created_at, chronicles.c.id) > func.row(after[0], after[1])  # type: ignore[operator]
+        )
+    rows = await conn.execute(query.order_by(chronicles.c.created_at, chronicles.c.id).limit(limit))
+    return [ChronicleRow(*row) for row in rows]
+
+
+async def existing_external_ids(
+    conn: AsyncConnection, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, external_ids: Sequence[str]
+) -> dict[str, IngestedEvent]:
+    """The events already stored under these external ids."""
+    if not external_ids:
+        return {}
+    rows = await conn.execute(
+        select(chronicle_events.c.id, chronicle_events.c.sequence, chronicle_events.c.external_id).where(
+            chronicle_events.c.tenant_id == tenant_id,
+            chronicle_events.c.chronicle_id == chronicle_id,
+            chronicle_events.c.external_id.in_(list(set(external_ids))),
+        )
+    )
+    return {row.external_id: IngestedEvent(row.id, row.sequence, row.external_id, True) for row in rows}
+
+
+async def append_events(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    chronicle_id: uuid.UUID,
+    events: Sequence[EventIn],
+    embeddings: dict[int, list[float]],
+) -> list[IngestedEvent] | None:
+    """Append a batch; returns one result per input event, in input order, or None if no chronicle.
+
+    Locks the chronicle row for the rest of the transaction: concurrent ingests into the same
+    chronicle queue here, so sequences are gap-free (a rolled-back batch never took any) and
+    commit-ordered (no one can take a later sequence before this batch commits). External ids
+    already stored, or repeated earlier in the same batch, return the original event with
+    `duplicate: true`. `embeddings` maps input index to vector for every event that may be new.
+    """
+    last_sequence = await conn.scalar(
+        select(chronicles.c.last_sequence)
+        .where(chronicles.c.id == chronicle_id, chronicles.c.tenant_id == tenant_id)
+        .with_for_update()
+    )
+    if last_sequence is None:
+        return None
+    stored = await existing_external_ids(
+        conn, tenant_id, chronicle_id, [e.external_id for e in events if e.external_id is not None]
+    )
+    results: list[IngestedEvent] = []
+    rows: list[dict[str, Any]] = []
+    for index, event in enumerate(events):
+        if event.external_id is not None and event.external_id in stored:
+            results.append(stored[event.external_id])
+            continue
+        last_sequence += 1
+        event_id = uuid.uuid4()
+        result = IngestedEvent(event_id, last_sequence, event.external_id, False)
+        if event.external_id is not None:
+            stored[event.external_id] = IngestedEvent(event_id, last_sequence, event.external_id, True)
+        results.append(result)
+        rows.append(_event_row(tenant_id, chronicle_id, event_id, last_sequence, event, embeddings[index]))
+    if rows:
+        await conn.execute(insert(chronicle_events), rows)
+        await conn.execute(
+            update(chronicles)
+            .where(chronicles.c.id == chronicle_id)
+            .values(last_sequence=last_sequence, updated_at=func.now())
+        )
+        # Delivered on commit only, so a listener never sees an event it cannot read yet.
+        await conn.execute(text("SELECT pg_notify(:channel, :payload)"), {
+            "channel": CHANNEL_EVENTS, "payload": str(chronicle_id)
+        })  # fmt: skip
+    return results
+
+
+def _event_row(
+    tenant_id: uuid.UUID,
+    chronicle_id: uuid.UUID,
+    event_id: uuid.UUID,
+    sequence: int,
+    event: EventIn,
+    embedding: list[float],
+) -> dict[str, Any]:
+    actors = event.actor_refs()
+    entity_keys = {normalize_name(a.name) for a in actors}
+    for effect in event.effects:
+        entity_keys.update(normalize_name(name) for name in effect_entities(effect))
+    if event.location is not None:
+        entity_keys.add(normalize_name(event.location))
+    return {
+        "id": event_id,
+        "tenant_id": tenant_id,
+        "chronicle_id": chronicle_id,
+        "sequence": sequence,
+        "external_id": event.external_id,
+        "kind": event.kind,
+        "summary": event.summary,
+        "actors": msgspec.to_builtins(actors),
+        "actor_keys": sorted({normalize_name(a.name) for a in actors}),
+        "actor_names": " ".join(a.name for a in actors) or None,
+        "location": event.location,
+        "location_key": None if event.location is None else normalize_name(event.location),
+        "effects": msgspec.to_builtins(event.effects),
+        "entity_keys": sorted(entity_keys),
+        "occurred_at": event.occurred_at,
+        "tags": list(event.tags),
+        "importance": event.importance,
+        "embedding": embedding,
+    }
+
+
+async def list_events(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    chronicle_id: uuid.UUID,
+    filters: EventFilters,
+    *,
+    after_sequence: int,
+    limit: int,
+) -> list[StoredEvent]:
+    """Events in sequence order after a cursor position, filtered."""
+    conditions = [
+        chronicle_events.c.tenant_id == tenant_id,
+        chronicle_events.c.chronicle_id == chronicle_id,
+        chronicle_events.c.sequence > after_sequence,
+    ]
+    if filters.actor is not None:
+        conditions.append(chronicle_events.c.actor_keys.contains([normalize_name(filters.actor)]))
+    if filters.kind is not None:
+        conditions.append(chronicle_events.c.kind == filters.kind)
+    if filters.from_sequence is not None:
+        conditions.append(chronicle_events.c.sequence >= filters.from_sequence)
+    if filters.to_sequence is not None:
+        conditions.append(chronicle_events.c.sequence <= filters.to_sequence)
+    if filters.occurred_after is not None:
+        conditions.append(chronicle_events.c.occurred_at >= filters.occurred_after)
+    if filters.occurred_before is not None:
+        conditions.append(chronicle_events.c.occurred_at <= filters.occurred_before)
+    rows = await conn.execute(
+        select(*_EVENT_COLUMNS).where(and_(*conditions)).order_by(chronicle_events.c.sequence).limit(limit)
+    )
+    return [StoredEvent(*row) for row in rows]
