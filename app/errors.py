@@ -17,6 +17,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from app.database import DatabaseUnavailable, is_unavailable_error
+from rag.embedding import EmbeddingConfigError, EmbeddingUnavailable
 from rag.store import EmbeddingSpaceMismatch
 
 __all__ = ["FieldError", "ProblemError", "exception_handlers", "problem_response"]
@@ -148,6 +149,21 @@ def _handle_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Resp
     )  # fmt: skip
 
 
+def _handle_embedding_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.warning("embedder unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return problem_response(
+        request, 503, "Service unavailable", f"the embedding model is unavailable ({exc}); nothing was stored",
+        "embedding-unavailable", headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )  # fmt: skip
+
+
+def _handle_embedding_config(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.error("embedder misconfigured on %s %s: %s", request.method, request.url.path, exc)
+    return problem_response(
+        request, 502, "Embedding service error", f"{exc}; nothing was stored", "embedding-error"
+    )
+
+
 def _handle_internal(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     if isinstance(exc, DatabaseUnavailable) or is_unavailable_error(exc):
         return _handle_unavailable(request, exc)
@@ -165,5 +181,7 @@ exception_handlers: dict[Any, Any] = {
     ValidationException: _handle_validation,
     HTTPException: _handle_http,
     DatabaseUnavailable: _handle_unavailable,
+    EmbeddingUnavailable: _handle_embedding_unavailable,
+    EmbeddingConfigError: _handle_embedding_config,
     Exception: _handle_internal,
 }

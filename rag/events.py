@@ -54,7 +54,7 @@ class _Effect(msgspec.Struct, forbid_unknown_fields=True, tag_field="op", frozen
     pass
 
 
-class SpawnEffect(_Effect, tag="spawn"):
+class SpawnEffect(_Effect, tag="spawn", frozen=True):
     entity: Name
     kind: Label = "character"
     components: dict[Label, Any] = {}
@@ -64,18 +64,18 @@ class SpawnEffect(_Effect, tag="spawn"):
             _check_value_bounds(value)
 
 
-class MoveEffect(_Effect, tag="move"):
+class MoveEffect(_Effect, tag="move", frozen=True):
     entity: Name
     to: Name
 
 
-class TransferEffect(_Effect, tag="transfer"):
+class TransferEffect(_Effect, tag="transfer", frozen=True):
     item: Name
     to: Name
     from_: Name | None = msgspec.field(default=None, name="from")
 
 
-class SetEffect(_Effect, tag="set"):
+class SetEffect(_Effect, tag="set", frozen=True):
     entity: Name
     component: Label
     value: Any
@@ -84,17 +84,17 @@ class SetEffect(_Effect, tag="set"):
         _check_value_bounds(self.value)
 
 
-class UnsetEffect(_Effect, tag="unset"):
+class UnsetEffect(_Effect, tag="unset", frozen=True):
     entity: Name
     component: Label
 
 
-class StatusEffect(_Effect, tag="status"):
+class StatusEffect(_Effect, tag="status", frozen=True):
     entity: Name
     status: Label
 
 
-class RelateEffect(_Effect, tag="relate"):
+class RelateEffect(_Effect, tag="relate", frozen=True):
     from_: Name = msgspec.field(name="from")
     to: Name
     type: Label
@@ -105,13 +105,13 @@ class RelateEffect(_Effect, tag="relate"):
             _check_value_bounds(self.data)
 
 
-class UnrelateEffect(_Effect, tag="unrelate"):
+class UnrelateEffect(_Effect, tag="unrelate", frozen=True):
     from_: Name = msgspec.field(name="from")
     to: Name
     type: Label
 
 
-class ValenceEffect(_Effect, tag="valence"):
+class ValenceEffect(_Effect, tag="valence", frozen=True):
     """A change of feeling along any named dimension; exactly one of ``delta`` or ``value``."""
 
     from_: Name = msgspec.field(name="from")
@@ -125,11 +125,11 @@ class ValenceEffect(_Effect, tag="valence"):
             raise ValueError("exactly one of `delta` or `value` is required")
 
 
-class DestroyEffect(_Effect, tag="destroy"):
+class DestroyEffect(_Effect, tag="destroy", frozen=True):
     entity: Name
 
 
-class AliasEffect(_Effect, tag="alias"):
+class AliasEffect(_Effect, tag="alias", frozen=True):
     entity: Name
     alias: Name
 

@@ -1,0 +1,50 @@
+# Lorekeeper: `make help` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is required"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	@touch $(STAMP)
+
+.PHONY: install
+install: $(STAMP) ## Create .venv and install the project with pinned dependencies
+
+.PHONY: run
+run: $(STAMP) ## Run the service on the embedded default with a demo tenant and story
+	$(BIN)/lore serve --demo
+
+.PHONY: test
+test: $(STAMP) ## Run the whole test suite (real PostgreSQL and Valkey, started embedded)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: $(STAMP) ## ruff and strict mypy on the domain packages
+	$(BIN)/ruff check app rag ecs tests evals
+	$(BIN)/mypy rag ecs
+
+.PHONY: bench
+bench: $(STAMP) ## Run the benchmarks in evals/perf and write evals/perf/results/
+	$(BIN)/python -m evals.perf.bench_ingest
+
+.PHONY: lock
+lock: ## Re-pin dependencies into requirements.lock from a fresh resolve
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet -e '.[dev]'
+	{ echo "# Pinned versions of every dependency, installed as pip constraints by the Makefile."; \
+	  echo "# Regenerate with \`make lock\` after changing pyproject.toml."; \
+	  .lock-venv/bin/pip freeze --exclude-editable; } > requirements.lock
+	rm -rf .lock-venv
+
+.PHONY: clean
+clean: ## Remove the virtual environment and caches (keeps .data)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
