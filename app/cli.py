@@ -120,9 +120,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         config = uvicorn.Config(
             app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), access_log=False
         )
-        # uvicorn handles SIGINT/SIGTERM itself while serving and returns after a clean shutdown;
-        # leaving the `with` block then releases the embedded servers.
-        uvicorn.Server(config).run()
+        # uvicorn handles SIGINT/SIGTERM itself while serving, shuts down cleanly, then re-raises
+        # the signal; that is the normal way to stop, so it ends here with success. Leaving the
+        # `with` block then releases the embedded servers.
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.Server(config).run()
     return 0
 
 
