@@ -118,7 +118,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             _print_demo_banner(settings, key, chronicle_id)
         app = create_app(settings, endpoints)
         config = uvicorn.Config(
-            app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), access_log=False
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
         )
         # uvicorn handles SIGINT/SIGTERM itself while serving, shuts down cleanly, then re-raises
         # the signal; that is the normal way to stop, so it ends here with success. Leaving the
@@ -208,7 +212,11 @@ async def _ensure_demo(services: object, tenant_name: str) -> tuple[str | None, 
             )
             chronicle_id = row.id
     results = await ingest_batch(
-        services.engine, services.embed, tenant_id, chronicle_id, events  # type: ignore[attr-defined]
+        services.engine,
+        services.embed,
+        tenant_id,
+        chronicle_id,
+        events,  # type: ignore[attr-defined]
     )
     assert results is not None
     new = sum(not r.duplicate for r in results)
@@ -322,7 +330,11 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
             for start in range(0, len(events), args.batch_size):
                 batch = events[start : start + args.batch_size]
                 results = await ingest_batch(
-                    services.engine, services.embed, tenant_id, chronicle_id, batch  # type: ignore[attr-defined]
+                    services.engine,
+                    services.embed,
+                    tenant_id,
+                    chronicle_id,
+                    batch,  # type: ignore[attr-defined]
                 )
                 assert results is not None
                 new += sum(not r.duplicate for r in results)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -15,6 +14,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from rag.outages import is_unavailable_error
 
 __all__ = [
     "DatabaseUnavailable",
@@ -55,47 +56,21 @@ def create_engine(url: str, *, timeout_ms: int, pool_size: int) -> AsyncEngine:
     )
 
 
-_UNAVAILABLE_SQLSTATES = {
-    "57014",  # query_canceled: statement_timeout fired
-    "55P03",  # lock_not_available: lock_timeout fired
-    "57P01",  # admin_shutdown
-    "57P02",  # crash_shutdown
-    "57P03",  # cannot_connect_now: starting up or shutting down
-    "53300",  # too_many_connections
-    "08000",
-    "08001",
-    "08003",
-    "08004",
-    "08006",
-}
-
-
-def is_unavailable_error(error: BaseException) -> bool:
-    """True for errors that mean 'try again later': connection loss, timeouts, shutdown."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
-            return True
-        if isinstance(current, sa_exc.TimeoutError | TimeoutError | asyncio.TimeoutError | ConnectionError | OSError):
-            return True
-        if isinstance(current, asyncpg.exceptions.ConnectionDoesNotExistError | asyncpg.InterfaceError):
-            return True
-        sqlstate = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
-        if isinstance(sqlstate, str) and sqlstate in _UNAVAILABLE_SQLSTATES:
-            return True
-        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
-    return False
-
-
 @contextlib.asynccontextmanager
 async def translate_database_errors() -> AsyncIterator[None]:
     try:
         yield
-    except (sa_exc.SQLAlchemyError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+    except (
+        sa_exc.SQLAlchemyError,
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+    ) as error:
         if is_unavailable_error(error):
-            raise DatabaseUnavailable(str(error).splitlines()[0] if str(error) else type(error).__name__) from error
+            raise DatabaseUnavailable(
+                str(error).splitlines()[0] if str(error) else type(error).__name__
+            ) from error
         raise
 
 
@@ -106,26 +81,55 @@ def alembic_config(embedding_dimension: int) -> Config:
     return config
 
 
-def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config(0)).get_current_head()
+CHRONICLE_BRANCH = "chronicle"
+ECS_BRANCH = "ecs"
+"""The ECS tables are a branch of their own so that they can live in another database."""
 
 
-async def current_revision(conn: AsyncConnection) -> str | None:
+def head_revision(branch: str = CHRONICLE_BRANCH) -> str | None:
+    script = ScriptDirectory.from_config(alembic_config(0))
+    return script.get_revision(f"{branch}@head").revision  # type: ignore[union-attr]
+
+
+async def current_revision(conn: AsyncConnection, branch: str = CHRONICLE_BRANCH) -> str | None:
+    """The revision of `branch` applied to this database, or None."""
+
     def read(sync_conn: object) -> str | None:
-        return MigrationContext.configure(sync_conn).get_current_revision()  # type: ignore[arg-type]
+        heads = MigrationContext.configure(sync_conn).get_current_heads()  # type: ignore[arg-type]
+        script = ScriptDirectory.from_config(alembic_config(0))
+        for head in heads:
+            revision = script.get_revision(head)
+            if revision is not None and branch in revision.branch_labels | _labels_below(script, head):
+                return head
+        return None
 
     return await conn.run_sync(read)
 
 
-async def migrate(engine: AsyncEngine, embedding_dimension: int, target: str = "head") -> None:
-    """Upgrade (or, with a target below head, downgrade) the schema on this engine's database."""
+def _labels_below(script: ScriptDirectory, head: str) -> set[str]:
+    labels: set[str] = set()
+    for revision in script.iterate_revisions(head, "base"):
+        labels |= set(revision.branch_labels)
+    return labels
+
+
+async def migrate(
+    engine: AsyncEngine, embedding_dimension: int, target: str = "head", branch: str = CHRONICLE_BRANCH
+) -> None:
+    """Upgrade `branch` to head (or downgrade it to `base` or a revision) on this engine's database."""
     config = alembic_config(embedding_dimension)
 
     def run(sync_conn: object) -> None:
         config.attributes["connection"] = sync_conn
-        current = MigrationContext.configure(sync_conn).get_current_revision()  # type: ignore[arg-type]
         script = ScriptDirectory.from_config(config)
-        if target == "base" or (target != "head" and _is_below(script, target, current)):
+        heads = MigrationContext.configure(sync_conn).get_current_heads()  # type: ignore[arg-type]
+        current = next((h for h in heads if branch in _labels_below(script, h)), None)
+        if target == "base":
+            if current is not None:
+                command.downgrade(config, f"{branch}@base")
+        elif target == "head":
+            command.upgrade(config, f"{branch}@head")
+        elif _is_below(script, target, current):
             command.downgrade(config, target)
         else:
             command.upgrade(config, target)

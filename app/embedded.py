@@ -282,8 +282,11 @@ class EmbeddedPostgres(_LeasedServer):
         if not name.replace("_", "").isalnum():
             raise ValueError(f"unsafe database name {name!r}")
         psql = [str(self.bin / "psql"), "-h", str(self.socket_dir), "-p", str(PG_PORT), "-U", POSTGRES_USER]
-        subprocess.run([*psql, "-d", "postgres", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [*psql, "-d", "postgres", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
+            check=True,
+            capture_output=True,
+        )
         create = f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else "")
         subprocess.run([*psql, "-d", "postgres", "-c", create], check=True, capture_output=True)
         return self.url(name)
@@ -371,7 +374,9 @@ class EmbeddedValkey(_LeasedServer):
             if self.is_running():
                 return
             time.sleep(0.05)
-        raise EmbeddedServerError(f"valkey-server did not answer within 15 s\n{_tail(self.dir / 'valkey.log')}")
+        raise EmbeddedServerError(
+            f"valkey-server did not answer within 15 s\n{_tail(self.dir / 'valkey.log')}"
+        )
 
     def _stop(self) -> None:
         pid = self.pid()
@@ -392,8 +397,10 @@ def _postgres_bin_path() -> Path:
 def _is_process(pid: int, name_part: str) -> bool:
     try:
         process = psutil.Process(pid)
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE and (
-            name_part in process.name() or any(name_part in part for part in process.cmdline()[:1])
+        return (
+            process.is_running()
+            and process.status() != psutil.STATUS_ZOMBIE
+            and (name_part in process.name() or any(name_part in part for part in process.cmdline()[:1]))
         )
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
@@ -414,6 +421,9 @@ def _terminate(pid: int, timeout: float = 10.0) -> None:
 
 def _port_is_free(port: int) -> bool:
     with socket.socket() as probe:
+        # As valkey-server itself binds: connections left in TIME_WAIT by a killed server must not
+        # make its port look taken, or the restart moves to another port under its clients' feet.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

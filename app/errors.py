@@ -149,7 +149,9 @@ def _handle_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Resp
     )  # fmt: skip
 
 
-def _handle_embedding_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+def _handle_embedding_unavailable(
+    request: Request[Any, Any, Any], exc: Exception
+) -> Response[dict[str, Any]]:
     log.warning("embedder unavailable on %s %s: %s", request.method, request.url.path, exc)
     return problem_response(
         request, 503, "Service unavailable", f"the embedding model is unavailable ({exc}); nothing was stored",
@@ -168,7 +170,9 @@ def _handle_internal(request: Request[Any, Any, Any], exc: Exception) -> Respons
     if isinstance(exc, DatabaseUnavailable) or is_unavailable_error(exc):
         return _handle_unavailable(request, exc)
     if isinstance(exc, EmbeddingSpaceMismatch):
-        return problem_response(request, 409, "Embedding model mismatch", str(exc), "embedding-model-mismatch")
+        return problem_response(
+            request, 409, "Embedding model mismatch", str(exc), "embedding-model-mismatch"
+        )
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response(
         request, HTTP_500_INTERNAL_SERVER_ERROR, "Internal server error",

@@ -27,7 +27,7 @@ def create_app(settings: Settings, endpoints: Endpoints, *, embedder: Embedder |
 
     @contextlib.asynccontextmanager
     async def services_lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with open_services(settings, endpoints, embedder=embedder) as services:
+        async with open_services(settings, endpoints, embedder=embedder, run_background=True) as services:
             app.state.services = services
             yield
 

@@ -11,26 +11,42 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import KeyCache
-from app.database import create_engine, migrate
+from app.database import CHRONICLE_BRANCH, ECS_BRANCH, create_engine, migrate
 from app.runtime import Endpoints
 from app.settings import Settings
+from ecs.projector import Projector
 from rag.embedding import Embedder, create_embedder
 from rag.store import claim_embedding_space
 
-__all__ = ["Services", "open_services"]
+__all__ = ["Services", "build_embedder", "open_services"]
 
 log = logging.getLogger("lore.services")
 
 
 class Services:
-    def __init__(self, settings: Settings, endpoints: Endpoints, engine: AsyncEngine, embedder: Embedder) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        endpoints: Endpoints,
+        engine: AsyncEngine,
+        ecs_engine: AsyncEngine,
+        embedder: Embedder,
+    ) -> None:
         self.settings = settings
         self.endpoints = endpoints
         self.engine = engine
+        self.ecs_engine = ecs_engine
         self.embedder = embedder
         self.key_cache = KeyCache()
         # One thread: the model already uses two intra-op threads, and more would only contend.
         self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        self.projector = Projector(
+            engine,
+            ecs_engine,
+            batch_size=settings.projector_batch_size,
+            max_attempts=settings.projector_max_attempts,
+            listen_url=endpoints.database_url.replace("postgresql+asyncpg://", "postgresql://", 1),
+        )
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         """Embed off the event loop."""
@@ -52,20 +68,45 @@ def build_embedder(settings: Settings) -> Embedder:
 
 @contextlib.asynccontextmanager
 async def open_services(
-    settings: Settings, endpoints: Endpoints, *, run_migrations: bool = True, embedder: Embedder | None = None
+    settings: Settings,
+    endpoints: Endpoints,
+    *,
+    run_migrations: bool = True,
+    embedder: Embedder | None = None,
+    run_background: bool = False,
 ) -> AsyncIterator[Services]:
+    """Open engines and the embedder; with `run_background`, also run the projector."""
     own_embedder = embedder is None
     embedder = embedder or await asyncio.to_thread(build_embedder, settings)
     engine = create_engine(endpoints.database_url, timeout_ms=settings.db_timeout_ms, pool_size=settings.db_pool_size)
-    services = Services(settings, endpoints, engine, embedder)
+    separate_ecs = endpoints.ecs_database_url != endpoints.database_url
+    ecs_engine = (
+        create_engine(endpoints.ecs_database_url, timeout_ms=settings.db_timeout_ms, pool_size=settings.db_pool_size)
+        if separate_ecs
+        else engine
+    )
+    services = Services(settings, endpoints, engine, ecs_engine, embedder)
+    stop = asyncio.Event()
+    background: list[asyncio.Task[None]] = []
     try:
         if run_migrations:
-            await migrate(engine, embedder.dimension)
+            await migrate(engine, embedder.dimension, branch=CHRONICLE_BRANCH)
+            await migrate(ecs_engine, embedder.dimension, branch=ECS_BRANCH)
         async with engine.begin() as conn:
             await claim_embedding_space(conn, embedder.model_id, embedder.dimension)
+        if run_background and settings.run_projector:
+            background.append(asyncio.create_task(services.projector.run(stop), name="projector"))
         yield services
     finally:
+        stop.set()
+        for task in background:
+            try:
+                await asyncio.wait_for(task, 10)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
         services.close()
+        if separate_ecs:
+            await ecs_engine.dispose()
         await engine.dispose()
         if own_embedder:
             embedder.close()

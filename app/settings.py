@@ -52,6 +52,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Statement and connect timeout; an outage answers 503 after this, never hangs."""
     db_pool_size: int = 10
     max_request_bytes: int = 16 * 1024 * 1024
+    run_projector: bool = True
+    """Run the ECS projector inside the service (off when dedicated `lore worker`s do it)."""
+    projector_batch_size: int = 1_000
+    projector_max_attempts: int = 5
 
     def redacted(self) -> dict[str, object]:
         """The settings as they may be logged: secrets and URL passwords masked."""
@@ -82,7 +86,9 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
 
     provider = (get("EMBEDDING_PROVIDER") or "local").lower()
     if provider not in EMBEDDING_PROVIDERS:
-        raise ConfigError("EMBEDDING_PROVIDER", f"must be one of {', '.join(EMBEDDING_PROVIDERS)}, got {provider!r}")
+        raise ConfigError(
+            "EMBEDDING_PROVIDER", f"must be one of {', '.join(EMBEDDING_PROVIDERS)}, got {provider!r}"
+        )
     embedding_url = get("EMBEDDING_URL")
     embedding_model = get("EMBEDDING_MODEL")
     embedding_dimension = _int(get, "EMBEDDING_DIMENSION", None, 1, 16_000)
@@ -116,6 +122,9 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         db_timeout_ms=_int(get, "LORE_DB_TIMEOUT_MS", 5_000, 100, 600_000) or 5_000,
         db_pool_size=_int(get, "LORE_DB_POOL_SIZE", 10, 1, 500) or 10,
         max_request_bytes=_int(get, "LORE_MAX_REQUEST_BYTES", 16 * 1024 * 1024, 1024, 1 << 30) or 0,
+        run_projector=parse_bool("LORE_RUN_PROJECTOR", get("LORE_RUN_PROJECTOR"), True),
+        projector_batch_size=_int(get, "LORE_PROJECTOR_BATCH_SIZE", 1_000, 1, 100_000) or 1_000,
+        projector_max_attempts=_int(get, "LORE_PROJECTOR_MAX_ATTEMPTS", 5, 1, 1_000) or 5,
     )
 
 
@@ -177,7 +186,9 @@ def to_asyncpg_url(raw: str, variable: str = "DATABASE_URL") -> str:
 def _keyword_dsn_to_url(text: str, variable: str) -> str:
     pairs = re.findall(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", text)
     if not pairs:
-        raise ConfigError(variable, "must be a postgresql:// URL or a libpq keyword string (host=... dbname=...)")
+        raise ConfigError(
+            variable, "must be a postgresql:// URL or a libpq keyword string (host=... dbname=...)"
+        )
     fields = {k: v.strip("'") for k, v in pairs}
     database = fields.pop("dbname", None)
     if not database:

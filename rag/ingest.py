@@ -38,7 +38,9 @@ async def ingest_batch(
     # Re-posted events need no embedding; a concurrent writer may still store one of the others
     # first, which append_events then reports as a duplicate.
     pending = [
-        index for index, event in enumerate(events) if event.external_id is None or event.external_id not in known
+        index
+        for index, event in enumerate(events)
+        if event.external_id is None or event.external_id not in known
     ]
     vectors = await embed([embedding_text(events[i]) for i in pending]) if pending else []
     embeddings = dict(zip(pending, vectors, strict=True))

@@ -20,18 +20,21 @@ from rag.schema import chronicle_events, chronicles, embedding_spaces
 
 __all__ = [
     "CHANNEL_EVENTS",
+    "ChronicleHead",
     "ChronicleRow",
     "EmbeddingSpaceMismatch",
     "EventFilters",
     "IngestedEvent",
     "StoredEvent",
     "append_events",
+    "chronicle_heads",
     "claim_embedding_space",
     "create_chronicle",
     "existing_external_ids",
     "get_chronicle",
     "list_chronicles",
     "list_events",
+    "recorded_at_of",
 ]
 
 CHANNEL_EVENTS: Final = "lore_events"
@@ -173,7 +176,9 @@ async def get_chronicle(
 ) -> ChronicleRow | None:
     row = (
         await conn.execute(
-            select(*_CHRONICLE_COLUMNS).where(chronicles.c.id == chronicle_id, chronicles.c.tenant_id == tenant_id)
+            select(*_CHRONICLE_COLUMNS).where(
+                chronicles.c.id == chronicle_id, chronicles.c.tenant_id == tenant_id
+            )
         )
     ).first()
     return None if row is None else ChronicleRow(*row)
@@ -184,9 +189,7 @@ async def list_chronicles(
 ) -> list[ChronicleRow]:
     query = select(*_CHRONICLE_COLUMNS).where(chronicles.c.tenant_id == tenant_id)
     if after is not None:
-        query = query.where(
-            func.row(chronicles.c.created_at, chronicles.c.id) > func.row(after[0], after[1])  # type: ignore[operator]
-        )
+        query = query.where(func.row(chronicles.c.created_at, chronicles.c.id) > func.row(after[0], after[1]))
     rows = await conn.execute(query.order_by(chronicles.c.created_at, chronicles.c.id).limit(limit))
     return [ChronicleRow(*row) for row in rows]
 
@@ -325,4 +328,29 @@ async def list_events(
     rows = await conn.execute(
         select(*_EVENT_COLUMNS).where(and_(*conditions)).order_by(chronicle_events.c.sequence).limit(limit)
     )
-    return [StoredEvent(*row) for row in rows]
+    return [StoredEvent(**row._mapping) for row in rows]
+
+
+class ChronicleHead(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    last_sequence: int
+
+
+async def chronicle_heads(
+    conn: AsyncConnection, chronicle_ids: Sequence[uuid.UUID] | None = None
+) -> list[ChronicleHead]:
+    """How far each chronicle (or the given ones) has been written: what followers compare against."""
+    query = select(chronicles.c.id, chronicles.c.tenant_id, chronicles.c.last_sequence)
+    if chronicle_ids is not None:
+        query = query.where(chronicles.c.id.in_(list(chronicle_ids)))
+    return [ChronicleHead(*row) for row in await conn.execute(query)]
+
+
+async def recorded_at_of(conn: AsyncConnection, chronicle_id: uuid.UUID, sequence: int) -> dt.datetime | None:
+    """When the event at `sequence` was stored (to measure how long a follower has lagged)."""
+    return await conn.scalar(
+        select(chronicle_events.c.recorded_at).where(
+            chronicle_events.c.chronicle_id == chronicle_id, chronicle_events.c.sequence == sequence
+        )
+    )

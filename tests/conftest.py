@@ -71,7 +71,9 @@ def embedder() -> Iterator[LocalMiniLMEmbedder]:
 
 @pytest.fixture(scope="session")
 def settings(embedded_root: Path, database_url: str, redis_url: str) -> Settings:
-    return Settings(database_url=database_url, redis_url=redis_url, data_dir=embedded_root, db_timeout_ms=5_000)
+    return Settings(
+        database_url=database_url, redis_url=redis_url, data_dir=embedded_root, db_timeout_ms=5_000
+    )
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +90,8 @@ def endpoints(database_url: str, redis_url: str) -> Endpoints:
 @pytest.fixture(scope="session")
 async def engine(database_url: str, embedder: LocalMiniLMEmbedder) -> AsyncIterator[object]:
     engine = create_engine(database_url, timeout_ms=5_000, pool_size=20)
-    await migrate(engine, embedder.dimension)
+    await migrate(engine, embedder.dimension, branch="chronicle")
+    await migrate(engine, embedder.dimension, branch="ecs")
     yield engine
     await engine.dispose()
 

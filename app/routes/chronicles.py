@@ -87,7 +87,9 @@ class ChronicleController(Controller):
     tags = ["chronicles"]  # noqa: RUF012 - Litestar reads these as class attributes
 
     @post("/", summary="Create a chronicle")
-    async def create_one(self, data: JSONBody[ChronicleCreate], services: ServicesDep, tenant_id: TenantId) -> ChronicleOut:
+    async def create_one(
+        self, data: JSONBody[ChronicleCreate], services: ServicesDep, tenant_id: TenantId
+    ) -> ChronicleOut:
         async with translate_database_errors(), services.engine.begin() as conn:
             row = await create_chronicle(
                 conn,
@@ -120,7 +122,9 @@ class ChronicleController(Controller):
         return ChroniclePage(items=[_chronicle_out(r) for r in page], next_cursor=next_cursor)
 
     @get("/{chronicle_id:uuid}", summary="Get a chronicle")
-    async def read(self, chronicle_id: FromPath[uuid.UUID], services: ServicesDep, tenant_id: TenantId) -> ChronicleOut:
+    async def read(
+        self, chronicle_id: FromPath[uuid.UUID], services: ServicesDep, tenant_id: TenantId
+    ) -> ChronicleOut:
         async with translate_database_errors(), services.engine.connect() as conn:
             row = await get_chronicle(conn, tenant_id, chronicle_id)
         if row is None:
@@ -137,10 +141,16 @@ class ChronicleController(Controller):
         status_code=200,
     )
     async def append_batch(
-        self, chronicle_id: FromPath[uuid.UUID], data: JSONBody[EventBatchIn], services: ServicesDep, tenant_id: TenantId
+        self,
+        chronicle_id: FromPath[uuid.UUID],
+        data: JSONBody[EventBatchIn],
+        services: ServicesDep,
+        tenant_id: TenantId,
     ) -> IngestResponse:
         async with translate_database_errors():
-            results = await ingest_batch(services.engine, services.embed, tenant_id, chronicle_id, data.events)
+            results = await ingest_batch(
+                services.engine, services.embed, tenant_id, chronicle_id, data.events
+            )
         if results is None:
             raise not_found("chronicle", chronicle_id)
         return IngestResponse(
@@ -176,7 +186,9 @@ class ChronicleController(Controller):
         async with translate_database_errors(), services.engine.connect() as conn:
             if await get_chronicle(conn, tenant_id, chronicle_id) is None:
                 raise not_found("chronicle", chronicle_id)
-            rows = await list_events(conn, tenant_id, chronicle_id, filters, after_sequence=after, limit=limit + 1)
+            rows = await list_events(
+                conn, tenant_id, chronicle_id, filters, after_sequence=after, limit=limit + 1
+            )
         page = rows[:limit]
         next_cursor = encode_cursor({"s": page[-1].sequence}) if len(rows) > limit else None
         return EventPage(items=[_event_out(e) for e in page], next_cursor=next_cursor)

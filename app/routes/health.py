@@ -31,7 +31,9 @@ async def ready(services: ServicesDep) -> Response[dict[str, Any]]:
         checks["migrations"] = {"current": revision, "head": head, "ok": revision == head}
         ok = revision == head
     except Exception as error:  # readiness reports every failure instead of raising
-        checks["database"] = "unavailable" if is_unavailable_error(error) else f"error: {type(error).__name__}"
+        checks["database"] = (
+            "unavailable" if is_unavailable_error(error) else f"error: {type(error).__name__}"
+        )
         ok = False
     body = {"status": "ready" if ok else "not ready", "checks": checks}
     return Response(body, status_code=200 if ok else 503, headers=None if ok else {"Retry-After": "2"})

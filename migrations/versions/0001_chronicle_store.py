@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql as pg
 
 revision: str = "0001"
 down_revision: str | None = None
-branch_labels: str | Sequence[str] | None = None
+branch_labels: str | Sequence[str] | None = ("chronicle",)
 depends_on: str | Sequence[str] | None = None
 
 DEFAULT_DIMENSION = 384
@@ -60,7 +60,10 @@ def upgrade() -> None:
         "api_keys",
         sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
         sa.Column(
-            "tenant_id", pg.UUID(as_uuid=True), sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+            "tenant_id",
+            pg.UUID(as_uuid=True),
+            sa.ForeignKey("tenants.id", ondelete="CASCADE"),
+            nullable=False,
         ),
         sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
         sa.Column("prefix", sa.String(16), nullable=False),
@@ -73,7 +76,10 @@ def upgrade() -> None:
         "chronicles",
         sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
         sa.Column(
-            "tenant_id", pg.UUID(as_uuid=True), sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+            "tenant_id",
+            pg.UUID(as_uuid=True),
+            sa.ForeignKey("tenants.id", ondelete="CASCADE"),
+            nullable=False,
         ),
         sa.Column("chronicle_id", pg.UUID(as_uuid=True), nullable=False),
         sa.Column("title", sa.String(500), nullable=False),
@@ -125,7 +131,9 @@ def upgrade() -> None:
     op.create_index(
         "chronicle_events_search_gin", "chronicle_events", ["search_vector"], postgresql_using="gin"
     )
-    op.create_index("chronicle_events_actor_keys_gin", "chronicle_events", ["actor_keys"], postgresql_using="gin")
+    op.create_index(
+        "chronicle_events_actor_keys_gin", "chronicle_events", ["actor_keys"], postgresql_using="gin"
+    )
     op.create_index(
         "chronicle_events_entity_keys_gin", "chronicle_events", ["entity_keys"], postgresql_using="gin"
     )

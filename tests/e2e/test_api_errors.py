@@ -17,24 +17,34 @@ async def stored_count(client, tenant: Tenant, chronicle: str) -> int:
 @pytest.mark.parametrize(
     ("bad_event", "field", "message_part"),
     [
-        ({"summary": "x", "effects": [{"op": "teleport", "entity": "Bram"}]}, "events[1].effects[0].op", "teleport"),
+        (
+            {"summary": "x", "effects": [{"op": "teleport", "entity": "Bram"}]},
+            "events[1].effects[0].op",
+            "teleport",
+        ),
         ({"external_id": "no-summary"}, "events[1]", "summary"),
         ({"summary": 42}, "events[1].summary", "str"),
         ({"summary": ""}, "events[1].summary", "length"),
         ({"summary": "   "}, "events[1]", "blank"),
         ({"summary": "y" * 8001}, "events[1].summary", "8000"),
         ({"summary": "x", "effects": [{"op": "move", "entity": "Bram"}]}, "events[1].effects[0]", "to"),
-        ({"summary": "x", "effects": [{"op": "valence", "from": "a", "to": "b", "dimension": "trust"}]},
-         "events[1].effects[0]", "delta"),
+        (
+            {"summary": "x", "effects": [{"op": "valence", "from": "a", "to": "b", "dimension": "trust"}]},
+            "events[1].effects[0]",
+            "delta",
+        ),
         ({"summary": "x", "colour": "red"}, "events[1]", "colour"),
         ({"summary": "x", "importance": 3}, "events[1].importance", "1.0"),
         ({"summary": "x", "occurred_at": "yesterday"}, "events[1].occurred_at", "datetime"),
     ],
 )
-async def test_invalid_event_rejects_whole_batch(client, tenant: Tenant, bad_event, field, message_part) -> None:
+async def test_invalid_event_rejects_whole_batch(
+    client, tenant: Tenant, bad_event, field, message_part
+) -> None:
     chronicle = await make_chronicle(client, tenant)
     response = await client.post(
-        f"/api/chronicles/{chronicle}/events", json={"events": [event(1), bad_event, event(3)]},
+        f"/api/chronicles/{chronicle}/events",
+        json={"events": [event(1), bad_event, event(3)]},
         headers=tenant.headers,
     )
     assert response.status_code == 422, response.text

@@ -49,15 +49,18 @@ async def test_create_get_and_list_chronicles(client, tenant: Tenant) -> None:
 async def test_ingest_assigns_sequences_in_input_order_and_is_idempotent(client, tenant: Tenant) -> None:
     chronicle = await make_chronicle(client, tenant)
     url = f"/api/chronicles/{chronicle}/events"
-    first = await client.post(url, json={"events": [event(1), event(2), {"summary": "no external id"}]},
-                              headers=tenant.headers)
+    first = await client.post(
+        url, json={"events": [event(1), event(2), {"summary": "no external id"}]}, headers=tenant.headers
+    )
     assert first.status_code == 200, first.text
     results = first.json()["events"]
     assert [r["sequence"] for r in results] == [1, 2, 3]
     assert [r["duplicate"] for r in results] == [False, False, False]
     assert [r["external_id"] for r in results] == ["e1", "e2", None]
 
-    again = await client.post(url, json={"events": [event(2), event(4), event(1), event(4)]}, headers=tenant.headers)
+    again = await client.post(
+        url, json={"events": [event(2), event(4), event(1), event(4)]}, headers=tenant.headers
+    )
     assert again.status_code == 200
     results_again = again.json()["events"]
     assert results_again[0] == results[1] | {"duplicate": True}
@@ -83,20 +86,30 @@ async def test_events_round_trip_with_actors_effects_and_story_time(client, tena
         "effects": [
             {"op": "transfer", "item": "silver key", "from": "Bram", "to": "Corvin"},
             {"op": "valence", "from": "Maud", "to": "Corvin", "dimension": "trust", "delta": -0.3},
-            {"op": "set", "entity": "Corvin", "component": "Bounty", "value": {"gold": 50, "by": ["the Keep"]}},
+            {
+                "op": "set",
+                "entity": "Corvin",
+                "component": "Bounty",
+                "value": {"gold": 50, "by": ["the Keep"]},
+            },
         ],
         "occurred_at": "2025-11-04T21:15:00Z",
         "tags": ["theft", "key"],
         "importance": 0.9,
     }
-    response = await client.post(f"/api/chronicles/{chronicle}/events", json={"events": [sent]},
-                                 headers=tenant.headers)
+    response = await client.post(
+        f"/api/chronicles/{chronicle}/events", json={"events": [sent]}, headers=tenant.headers
+    )
     assert response.status_code == 200, response.text
-    stored = (await client.get(f"/api/chronicles/{chronicle}/events", headers=tenant.headers)).json()["items"][0]
+    stored = (await client.get(f"/api/chronicles/{chronicle}/events", headers=tenant.headers)).json()[
+        "items"
+    ][0]
     assert stored["summary"] == sent["summary"]
     assert stored["kind"] == "betrayal"
     assert stored["actors"] == [
-        {"name": "Corvin", "role": "agent"}, {"name": "Bram", "role": "patient"}, {"name": "Maud", "role": None}
+        {"name": "Corvin", "role": "agent"},
+        {"name": "Bram", "role": "patient"},
+        {"name": "Maud", "role": None},
     ]
     assert stored["location"] == "Lantern Inn"
     assert stored["effects"] == [
@@ -113,8 +126,12 @@ async def test_event_listing_filters_and_cursor(client, tenant: Tenant) -> None:
     chronicle = await make_chronicle(client, tenant)
     url = f"/api/chronicles/{chronicle}/events"
     batch = [
-        event(i, actors=["Oswin" if i % 2 else "Maud"], kind="travel" if i % 3 == 0 else "talk",
-              occurred_at=f"2025-01-{i:02d}T00:00:00Z")
+        event(
+            i,
+            actors=["Oswin" if i % 2 else "Maud"],
+            kind="travel" if i % 3 == 0 else "talk",
+            occurred_at=f"2025-01-{i:02d}T00:00:00Z",
+        )
         for i in range(1, 11)
     ]
     assert (await client.post(url, json={"events": batch}, headers=tenant.headers)).status_code == 200
@@ -147,12 +164,16 @@ async def test_tenant_cannot_see_or_write_another_tenants_chronicle(
     client, tenant: Tenant, other_tenant: Tenant
 ) -> None:
     chronicle = await make_chronicle(client, tenant)
-    await client.post(f"/api/chronicles/{chronicle}/events", json={"events": [event(1)]}, headers=tenant.headers)
+    await client.post(
+        f"/api/chronicles/{chronicle}/events", json={"events": [event(1)]}, headers=tenant.headers
+    )
     foreign = other_tenant.headers
     for response in (
         await client.get(f"/api/chronicles/{chronicle}", headers=foreign),
         await client.get(f"/api/chronicles/{chronicle}/events", headers=foreign),
-        await client.post(f"/api/chronicles/{chronicle}/events", json={"events": [event(2)]}, headers=foreign),
+        await client.post(
+            f"/api/chronicles/{chronicle}/events", json={"events": [event(2)]}, headers=foreign
+        ),
     ):
         assert response.status_code == 404, response.text
         assert response.headers["content-type"].startswith("application/problem+json")

@@ -54,7 +54,9 @@ def lore_env(data_dir: Path, port: int | None = None) -> dict[str, str]:
     return env
 
 
-def run_lore(args: list[str], env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_lore(
+    args: list[str], env: dict[str, str], stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*LORE, *args], env=env, capture_output=True, text=True, timeout=120, input=stdin, check=False
     )
@@ -100,7 +102,9 @@ def test_serve_demo_share_servers_and_stop_cleanly(data_dir: Path) -> None:
         key = re.search(r"API key \(tenant 'demo'\): (lk_\S+)", output).group(1)
         chronicle = re.search(r"demo chronicle: ([0-9a-f-]{36})", output).group(1)
         headers = {"Authorization": f"Bearer {key}"}
-        events = httpx.get(f"{server.base}/api/chronicles/{chronicle}/events?limit=500", headers=headers).json()
+        events = httpx.get(
+            f"{server.base}/api/chronicles/{chronicle}/events?limit=500", headers=headers
+        ).json()
         assert len(events["items"]) >= 30
         assert any(e["effects"] for e in events["items"])
 
@@ -118,8 +122,12 @@ def test_serve_demo_share_servers_and_stop_cleanly(data_dir: Path) -> None:
 
         # `lore ingest` with a progress bar, into a new chronicle, idempotent on re-run.
         story = data_dir / "story.jsonl"
-        story.write_text("\n".join(json.dumps({"summary": f"step {i}", "external_id": f"s{i}"}) for i in range(25)))
-        ingested = run_lore(["ingest", str(story), "--tenant", "second", "--batch-size", "10"], lore_env(data_dir))
+        story.write_text(
+            "\n".join(json.dumps({"summary": f"step {i}", "external_id": f"s{i}"}) for i in range(25))
+        )
+        ingested = run_lore(
+            ["ingest", str(story), "--tenant", "second", "--batch-size", "10"], lore_env(data_dir)
+        )
         assert ingested.returncode == 0, ingested.stderr
         assert "25 events stored" in ingested.stderr
         assert "ingest" in ingested.stderr  # the progress bar
@@ -130,7 +138,11 @@ def test_serve_demo_share_servers_and_stop_cleanly(data_dir: Path) -> None:
         bad = data_dir / "bad.jsonl"
         bad.write_text('{"summary": "fine"}\n{"summary": ""}\n')
         rejected = run_lore(["ingest", str(bad), "--tenant", "second"], lore_env(data_dir))
-        assert rejected.returncode == 1 and "bad.jsonl:2" in rejected.stderr and "nothing was ingested" in rejected.stderr
+        assert (
+            rejected.returncode == 1
+            and "bad.jsonl:2" in rejected.stderr
+            and "nothing was ingested" in rejected.stderr
+        )
 
         assert server.terminate() == 0
     finally:

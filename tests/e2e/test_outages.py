@@ -63,7 +63,9 @@ async def outage_app(second_postgres, embedder, redis_url):
     app = create_app(settings, endpoints, embedder=embedder)
     async with AsyncTestClient(app=app, raise_server_exceptions=False) as client:
         headers = {"Authorization": f"Bearer {key}"}
-        chronicle = (await client.post("/api/chronicles", json={"title": "outage"}, headers=headers)).json()["id"]
+        chronicle = (await client.post("/api/chronicles", json={"title": "outage"}, headers=headers)).json()[
+            "id"
+        ]
         yield client, headers, chronicle
 
 
@@ -77,10 +79,14 @@ def assert_unavailable(response) -> None:
 async def test_database_stopped_gives_503_then_recovers(outage_app, second_postgres) -> None:
     client, headers, chronicle = outage_app
     events_url = f"/api/chronicles/{chronicle}/events"
-    assert (await client.post(events_url, json={"events": [{"summary": "before"}]}, headers=headers)).status_code == 200
+    assert (
+        await client.post(events_url, json={"events": [{"summary": "before"}]}, headers=headers)
+    ).status_code == 200
 
     second_postgres.stop()
-    assert_unavailable(await client.post(events_url, json={"events": [{"summary": "during"}]}, headers=headers))
+    assert_unavailable(
+        await client.post(events_url, json={"events": [{"summary": "during"}]}, headers=headers)
+    )
     assert_unavailable(await client.get(events_url, headers=headers))
     assert_unavailable(await client.get(f"/api/chronicles/{chronicle}", headers=headers))
     assert (await client.get("/health")).status_code == 200
@@ -141,7 +147,9 @@ async def test_embedder_failure_rejects_batch_with_503_and_stores_nothing(
 ) -> None:
     app = create_app(settings, endpoints, embedder=UnavailableEmbedder(embedder.model_id, embedder.dimension))
     async with AsyncTestClient(app=app, raise_server_exceptions=False) as client:
-        chronicle = (await client.post("/api/chronicles", json={"title": "x"}, headers=tenant.headers)).json()["id"]
+        chronicle = (
+            await client.post("/api/chronicles", json={"title": "x"}, headers=tenant.headers)
+        ).json()["id"]
         response = await client.post(
             f"/api/chronicles/{chronicle}/events",
             json={"events": [{"summary": "a"}, {"summary": "b"}]},

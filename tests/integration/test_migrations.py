@@ -18,7 +18,9 @@ async def table_names(engine) -> set[str]:
 
 async def index_definitions(engine) -> dict[str, str]:
     async with engine.connect() as conn:
-        rows = await conn.execute(text("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'"))
+        rows = await conn.execute(
+            text("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'")
+        )
         return {r[0]: r[1] for r in rows}
 
 
@@ -59,7 +61,8 @@ async def test_tables_in_code_mirror_the_migrations(empty_engine) -> None:
     async with empty_engine.connect() as conn:
         for table in metadata.sorted_tables:
             rows = await conn.execute(
-                text("SELECT column_name FROM information_schema.columns WHERE table_name = :t"), {"t": table.name}
+                text("SELECT column_name FROM information_schema.columns WHERE table_name = :t"),
+                {"t": table.name},
             )
             assert {r[0] for r in rows} == set(table.columns.keys()), table.name
         # Every table is scoped by tenant, so it can be distributed by tenant later.
@@ -72,8 +75,10 @@ async def test_embedding_dimension_follows_the_model_and_mismatch_is_refused(emp
     await migrate(empty_engine, 768)
     async with empty_engine.connect() as conn:
         typmod = await conn.scalar(
-            text("SELECT atttypmod FROM pg_attribute WHERE attrelid = 'chronicle_events'::regclass "
-                 "AND attname = 'embedding'")
+            text(
+                "SELECT atttypmod FROM pg_attribute WHERE attrelid = 'chronicle_events'::regclass "
+                "AND attname = 'embedding'"
+            )
         )
     assert typmod == 768
     async with empty_engine.begin() as conn:

@@ -1,0 +1,331 @@
+"""The projector: follows each chronicle's event log and keeps its ECS state current.
+
+One unit of work = one chronicle batch: in ONE transaction on the ECS database it locks the
+chronicle's checkpoint (`FOR UPDATE SKIP LOCKED`, so any number of workers can run), reads the
+events after the checkpoint in sequence order, folds them through the pure reducer, and writes the
+state rows, valence history, outbox rows and the new checkpoint (position, running hash, snapshot).
+Because the position is stored with the output, re-delivery never double-applies. Sequences are
+gap-free and commit-ordered (see `rag.store.append_events`), so "after my checkpoint" never skips
+an event that commits late.
+
+A batch that fails is retried with exponential backoff, one event at a time so the failing event
+is isolated; after `max_attempts` the chronicle is parked (later events wait: order matters) with
+the reason on its checkpoint, until an operator resumes it. An unreachable database is not the
+chronicle's fault: it is retried with backoff and never parks anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ecs.reducer import (
+    GENESIS_HASH,
+    ChronicleEvent,
+    EventChanges,
+    WorldState,
+    apply_event,
+    chain_hash,
+    decode_state,
+    encode_state,
+)
+from ecs.repository import (
+    claim_checkpoint,
+    ensure_checkpoints,
+    read_checkpoints,
+    record_failure,
+    save_checkpoint,
+    write_batch,
+)
+from rag.events import ActorRef, Effect
+from rag.outages import is_unavailable_error
+from rag.store import CHANNEL_EVENTS, EventFilters, StoredEvent, chronicle_heads, list_events
+
+__all__ = ["ProjectionStep", "Projector", "ProjectorStats", "to_chronicle_event"]
+
+log = logging.getLogger("lore.projector")
+
+OnCommitted = Callable[[uuid.UUID, set[str]], Awaitable[None]]
+"""Called after a batch commits with the chronicle and the entity ids it touched (cache busting)."""
+
+
+def to_chronicle_event(event: StoredEvent) -> ChronicleEvent:
+    """A stored event as the reducer reads it."""
+    return ChronicleEvent(
+        id=str(event.id),
+        sequence=event.sequence,
+        chronicle_id=str(event.chronicle_id),
+        summary=event.summary,
+        actors=[ActorRef(name=a["name"], role=a.get("role")) for a in event.actors],
+        location=event.location,
+        effects=msgspec.convert(event.effects, list[Effect]),
+    )
+
+
+class ProjectionStep(msgspec.Struct, frozen=True):
+    chronicle_id: uuid.UUID
+    applied: int
+    last_sequence: int
+    claimed: bool
+    failed: bool = False
+
+
+class ProjectorStats(msgspec.Struct):
+    events_applied: int = 0
+    batches: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    running: bool = False
+
+
+class _CachedState(msgspec.Struct):
+    last_sequence: int
+    state_hash: str
+    state: WorldState
+
+
+class Projector:
+    def __init__(
+        self,
+        chronicle_engine: AsyncEngine,
+        ecs_engine: AsyncEngine,
+        *,
+        batch_size: int = 1_000,
+        max_attempts: int = 5,
+        backoff_base_seconds: float = 0.5,
+        backoff_max_seconds: float = 60.0,
+        poll_interval_seconds: float = 1.0,
+        on_committed: OnCommitted | None = None,
+        listen_url: str | None = None,
+    ) -> None:
+        self.chronicle_engine = chronicle_engine
+        self.ecs_engine = ecs_engine
+        self.batch_size = batch_size
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base_seconds
+        self.backoff_max = backoff_max_seconds
+        self.poll_interval = poll_interval_seconds
+        self.on_committed = on_committed
+        self.listen_url = listen_url
+        self.stats = ProjectorStats()
+        # Working states of chronicles this worker projected last, keyed by chronicle: reused when
+        # the checkpoint still matches (nobody else moved it), so a batch skips decoding.
+        self._states: dict[uuid.UUID, _CachedState] = {}
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def project_batch(self, chronicle_id: uuid.UUID, *, wait_for_lock: bool = False) -> ProjectionStep:
+        """Apply the next batch of one chronicle, if this worker can claim it."""
+        cached = self._states.pop(chronicle_id, None)
+        async with self.ecs_engine.begin() as conn:
+            checkpoint = await claim_checkpoint(conn, chronicle_id, wait=wait_for_lock)
+            if checkpoint is None or checkpoint.parked_at is not None:
+                if cached is not None:
+                    self._states[chronicle_id] = cached
+                return ProjectionStep(
+                    chronicle_id, 0, checkpoint.last_sequence if checkpoint else 0, claimed=False
+                )
+            # After a failure, go one event at a time so the event that fails is the one parked.
+            limit = 1 if checkpoint.attempts > 0 else self.batch_size
+            async with self.chronicle_engine.connect() as chronicle_conn:
+                stored = await list_events(
+                    chronicle_conn, checkpoint.tenant_id, chronicle_id, EventFilters(),
+                    after_sequence=checkpoint.last_sequence, limit=limit,
+                )  # fmt: skip
+            if not stored:
+                self._states[chronicle_id] = cached or self._load(checkpoint.snapshot, chronicle_id)
+                return ProjectionStep(chronicle_id, 0, checkpoint.last_sequence, claimed=True)
+            if cached is not None and (cached.last_sequence, cached.state_hash) == (
+                checkpoint.last_sequence,
+                checkpoint.state_hash,
+            ):
+                state = cached.state
+            else:
+                state = self._load(checkpoint.snapshot, chronicle_id).state
+            running_hash = checkpoint.state_hash
+            try:
+                batch: list[EventChanges] = []
+                for event in stored:
+                    changes = apply_event(state, to_chronicle_event(event))
+                    running_hash = chain_hash(running_hash, changes)
+                    batch.append(changes)
+                touched = await write_batch(conn, state, batch, checkpoint.tenant_id)
+                await save_checkpoint(
+                    conn, chronicle_id, last_sequence=stored[-1].sequence, state_hash=running_hash,
+                    snapshot=encode_state(state),
+                )  # fmt: skip
+            except Exception as error:
+                if is_unavailable_error(error):
+                    raise
+                # The transaction is lost with the error; record the attempt in a fresh one.
+                await conn.rollback()
+                await self._record_failure(chronicle_id, checkpoint.attempts + 1, stored[0].sequence, error)
+                return ProjectionStep(chronicle_id, 0, checkpoint.last_sequence, claimed=True, failed=True)
+        self._states[chronicle_id] = _CachedState(stored[-1].sequence, running_hash, state)
+        self.stats.events_applied += len(stored)
+        self.stats.batches += 1
+        if self.on_committed is not None:
+            await self.on_committed(chronicle_id, touched)
+        return ProjectionStep(chronicle_id, len(stored), stored[-1].sequence, claimed=True)
+
+    @staticmethod
+    def _load(snapshot: bytes | None, chronicle_id: uuid.UUID) -> _CachedState:
+        state = decode_state(snapshot) if snapshot else WorldState(chronicle_id=str(chronicle_id))
+        return _CachedState(state.last_sequence or 0, "", state)
+
+    async def _record_failure(
+        self, chronicle_id: uuid.UUID, attempts: int, sequence: int, error: Exception
+    ) -> None:
+        park = attempts >= self.max_attempts
+        message = f"event {sequence}: {type(error).__name__}: {error}"
+        retry_in = min(self.backoff_max, self.backoff_base * 2 ** (attempts - 1))
+        self.stats.failures += 1
+        self.stats.last_error, self.stats.last_error_at = message, time.time()
+        log.warning(
+            "projection of chronicle %s failed (attempt %d%s): %s",
+            chronicle_id, attempts, ", parked" if park else f", retry in {retry_in:.1f}s", message,
+        )  # fmt: skip
+        async with self.ecs_engine.begin() as conn:
+            await record_failure(
+                conn, chronicle_id, attempts=attempts, retry_in_seconds=retry_in, error=message, park=park
+            )
+
+    async def catch_up(self, chronicle_id: uuid.UUID, *, wait_for_lock: bool = True) -> int:
+        """Project one chronicle until it has no new events (or it fails). Returns events applied."""
+        async with self.chronicle_engine.connect() as conn:
+            heads = await chronicle_heads(conn, [chronicle_id])
+        async with self.ecs_engine.begin() as conn:
+            await ensure_checkpoints(conn, [(h.id, h.tenant_id) for h in heads])
+        applied = 0
+        while True:
+            step = await self.project_batch(chronicle_id, wait_for_lock=wait_for_lock)
+            applied += step.applied
+            if step.applied == 0 or step.failed:
+                return applied
+
+    async def pending_chronicles(self) -> list[uuid.UUID]:
+        """Chronicles with events after their checkpoint that are due and not parked."""
+        async with self.chronicle_engine.connect() as conn:
+            heads = await chronicle_heads(conn)
+        async with self.ecs_engine.connect() as conn:
+            checkpoints = {c.chronicle_id: c for c in await read_checkpoints(conn)}
+        missing = [(h.id, h.tenant_id) for h in heads if h.id not in checkpoints]
+        if missing:
+            async with self.ecs_engine.begin() as conn:
+                await ensure_checkpoints(conn, missing)
+        now = time.time()
+        due = []
+        for head in heads:
+            checkpoint = checkpoints.get(head.id)
+            if checkpoint is None:
+                if head.last_sequence > 0:
+                    due.append(head.id)
+                continue
+            if checkpoint.parked_at is not None or head.last_sequence <= checkpoint.last_sequence:
+                continue
+            if checkpoint.next_attempt_at is not None and checkpoint.next_attempt_at.timestamp() > now:
+                continue
+            due.append(head.id)
+        return due
+
+    async def run_once(self) -> int:
+        """One sweep over every due chronicle; returns events applied."""
+        applied = 0
+        for chronicle_id in await self.pending_chronicles():
+            while True:
+                step = await self.project_batch(chronicle_id)
+                applied += step.applied
+                if step.applied < self.batch_size or step.failed:
+                    break
+        return applied
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow every chronicle until `stop` is set: wake on NOTIFY from ingest, and poll."""
+        self.stats.running = True
+        listener = asyncio.create_task(self._listen(stop)) if self.listen_url else None
+        failures = 0
+        try:
+            while not stop.is_set():
+                try:
+                    applied = await self.run_once()
+                    failures = 0
+                except Exception as error:  # the loop must survive any outage
+                    failures += 1
+                    self.stats.last_error, self.stats.last_error_at = (
+                        f"{type(error).__name__}: {error}",
+                        time.time(),
+                    )
+                    delay = min(self.backoff_max, self.backoff_base * 2 ** min(failures, 10))
+                    if failures == 1 or failures % 20 == 0:
+                        log.warning("projector sweep failed (%d in a row), retrying in %.1fs: %s",
+                                    failures, delay, self.stats.last_error)  # fmt: skip
+                    await _wait(stop, delay)
+                    continue
+                if applied:
+                    continue  # there may be more; sweep again at once
+                self._wake.clear()
+                await _wait_any(stop, self._wake, self.poll_interval)
+        finally:
+            self.stats.running = False
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """LISTEN for ingest notifications; reconnects after outages. Polling covers any gap."""
+        assert self.listen_url is not None
+        while not stop.is_set():
+            connection: Any = None
+            try:
+                connection = await asyncpg.connect(self.listen_url, timeout=5)
+                await connection.add_listener(CHANNEL_EVENTS, lambda *_: self._wake.set())
+                while not stop.is_set() and not connection.is_closed():
+                    await _wait(stop, 1.0)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
+                log.debug("event listener disconnected: %s", error)
+                await _wait(stop, 2.0)
+            finally:
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(connection.close(), 2)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def replay_stored(
+    events: Sequence[StoredEvent], chronicle_id: uuid.UUID
+) -> tuple[WorldState, list[EventChanges], str]:
+    """Fold stored events into a fresh state in memory: the reference the projector must equal."""
+    state = WorldState(chronicle_id=str(chronicle_id))
+    running_hash = GENESIS_HASH
+    history: list[EventChanges] = []
+    for event in events:
+        changes = apply_event(state, to_chronicle_event(event))
+        running_hash = chain_hash(running_hash, changes)
+        history.append(changes)
+    return state, history, running_hash
