@@ -77,6 +77,8 @@ class ProjectionStep(msgspec.Struct, frozen=True):
     last_sequence: int
     claimed: bool
     failed: bool = False
+    isolating: bool = False
+    """A multi-event batch failed; the next steps go one event at a time to find the culprit."""
 
 
 class ProjectorStats(msgspec.Struct):
@@ -107,6 +109,7 @@ class Projector:
         poll_interval_seconds: float = 1.0,
         on_committed: OnCommitted | None = None,
         listen_url: str | None = None,
+        reducer: Callable[[WorldState, ChronicleEvent], EventChanges] = apply_event,
     ) -> None:
         self.chronicle_engine = chronicle_engine
         self.ecs_engine = ecs_engine
@@ -117,11 +120,16 @@ class Projector:
         self.poll_interval = poll_interval_seconds
         self.on_committed = on_committed
         self.listen_url = listen_url
+        # The pure reducer; replaceable so that tests can make a chosen event fail.
+        self.reducer = reducer
         self.stats = ProjectorStats()
         # Working states of chronicles this worker projected last, keyed by chronicle: reused when
         # the checkpoint still matches (nobody else moved it), so a batch skips decoding.
         self._states: dict[uuid.UUID, _CachedState] = {}
         self._wake = asyncio.Event()
+        # Per chronicle: the last sequence of a batch that failed as a whole. Until the checkpoint
+        # passes it, events are applied one at a time, so the failure is pinned on one event.
+        self._isolate_until: dict[uuid.UUID, int] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -137,8 +145,10 @@ class Projector:
                 return ProjectionStep(
                     chronicle_id, 0, checkpoint.last_sequence if checkpoint else 0, claimed=False
                 )
-            # After a failure, go one event at a time so the event that fails is the one parked.
-            limit = 1 if checkpoint.attempts > 0 else self.batch_size
+            isolating = (
+                checkpoint.attempts > 0 or self._isolate_until.get(chronicle_id, 0) > checkpoint.last_sequence
+            )
+            limit = 1 if isolating else self.batch_size
             async with self.chronicle_engine.connect() as chronicle_conn:
                 stored = await list_events(
                     chronicle_conn, checkpoint.tenant_id, chronicle_id, EventFilters(),
@@ -158,7 +168,7 @@ class Projector:
             try:
                 batch: list[EventChanges] = []
                 for event in stored:
-                    changes = apply_event(state, to_chronicle_event(event))
+                    changes = self.reducer(state, to_chronicle_event(event))
                     running_hash = chain_hash(running_hash, changes)
                     batch.append(changes)
                 touched = await write_batch(conn, state, batch, checkpoint.tenant_id)
@@ -169,8 +179,16 @@ class Projector:
             except Exception as error:
                 if is_unavailable_error(error):
                     raise
-                # The transaction is lost with the error; record the attempt in a fresh one.
                 await conn.rollback()
+                if len(stored) > 1:
+                    self._isolate_until[chronicle_id] = stored[-1].sequence
+                    log.info(
+                        "batch of chronicle %s failed (%s); retrying event by event", chronicle_id, error
+                    )
+                    return ProjectionStep(
+                        chronicle_id, 0, checkpoint.last_sequence, claimed=True, isolating=True
+                    )
+                # The transaction is lost with the error; record the attempt in a fresh one.
                 await self._record_failure(chronicle_id, checkpoint.attempts + 1, stored[0].sequence, error)
                 return ProjectionStep(chronicle_id, 0, checkpoint.last_sequence, claimed=True, failed=True)
         self._states[chronicle_id] = _CachedState(stored[-1].sequence, running_hash, state)
@@ -179,6 +197,10 @@ class Projector:
         if self.on_committed is not None:
             await self.on_committed(chronicle_id, touched)
         return ProjectionStep(chronicle_id, len(stored), stored[-1].sequence, claimed=True)
+
+    def _isolated(self, step: ProjectionStep) -> bool:
+        """Still working one event at a time through a failed batch."""
+        return step.applied > 0 and self._isolate_until.get(step.chronicle_id, 0) > step.last_sequence
 
     @staticmethod
     def _load(snapshot: bytes | None, chronicle_id: uuid.UUID) -> _CachedState:
@@ -212,7 +234,7 @@ class Projector:
         while True:
             step = await self.project_batch(chronicle_id, wait_for_lock=wait_for_lock)
             applied += step.applied
-            if step.applied == 0 or step.failed:
+            if (step.applied == 0 and not step.isolating) or step.failed:
                 return applied
 
     async def pending_chronicles(self) -> list[uuid.UUID]:
@@ -247,7 +269,9 @@ class Projector:
             while True:
                 step = await self.project_batch(chronicle_id)
                 applied += step.applied
-                if step.applied < self.batch_size or step.failed:
+                if step.failed or (
+                    step.applied < self.batch_size and not step.isolating and not self._isolated(step)
+                ):
                     break
         return applied
 

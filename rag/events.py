@@ -43,10 +43,14 @@ MAX_NAME_CHARS: Final = 200
 MAX_VALUE_DEPTH: Final = 16
 MAX_VALUE_BYTES: Final = 64 * 1024
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
+# PostgreSQL text and JSONB cannot hold NUL characters; rejecting them here turns what would be a
+# database error into a clear 422.
+_NO_NUL = r"^[^\x00]*$"
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS, pattern=_NO_NUL)]
 """An entity reference: a name (case-insensitive within a chronicle) or an entity id."""
 
-Label = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=_NO_NUL)]
 Valence = Annotated[float, msgspec.Meta(ge=-1e6, le=1e6)]
 
 
@@ -159,8 +163,8 @@ class ActorRef(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class EventIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """One narrative event as a client sends it."""
 
-    summary: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SUMMARY_CHARS)]
-    external_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    summary: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SUMMARY_CHARS, pattern=_NO_NUL)]
+    external_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=_NO_NUL)] | None = None
     kind: Label = "event"
     # A bare string is shorthand for an actor without a role.
     actors: Annotated[list[ActorRef | Name], msgspec.Meta(max_length=100)] = []
@@ -217,11 +221,15 @@ def _check_value_bounds(value: Any) -> None:
         if depth > MAX_VALUE_DEPTH:
             raise ValueError(f"value is nested deeper than {MAX_VALUE_DEPTH} levels")
         if isinstance(item, dict):
+            if any("\x00" in str(k) for k in item):
+                raise ValueError("value contains a NUL character")
             size += sum(len(str(k)) for k in item)
             stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item)
         elif isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("value contains a NUL character")
             size += len(item)
         else:
             size += 8
