@@ -8,12 +8,24 @@ import secrets
 import time
 import uuid
 
+import msgspec
+
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from rag.schema import api_keys, tenants
 
-__all__ = ["KeyCache", "create_tenant", "hash_key", "issue_key", "new_key", "tenant_for_key"]
+__all__ = [
+    "Caller",
+    "KeyCache",
+    "caller_for_key",
+    "find_tenant",
+    "create_tenant",
+    "hash_key",
+    "issue_key",
+    "new_key",
+    "tenant_for_key",
+]
 
 KEY_PREFIX = "lk_"
 
@@ -26,11 +38,11 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-async def create_tenant(conn: AsyncConnection, name: str) -> tuple[uuid.UUID, str]:
+async def create_tenant(conn: AsyncConnection, name: str, *, admin: bool = False) -> tuple[uuid.UUID, str]:
     """Create a tenant and its first API key; the raw key is returned once and never stored."""
     tenant_id = uuid.uuid4()
     await conn.execute(insert(tenants).values(id=tenant_id, tenant_id=tenant_id, name=name))
-    return tenant_id, await issue_key(conn, tenant_id)
+    return tenant_id, await issue_key(conn, tenant_id, admin=admin)
 
 
 async def find_tenant(conn: AsyncConnection, name: str) -> uuid.UUID | None:
@@ -47,11 +59,16 @@ async def issue_key(conn: AsyncConnection, tenant_id: uuid.UUID, *, admin: bool 
     return key
 
 
-async def tenant_for_key(conn: AsyncConnection, key: str) -> uuid.UUID | None:
+class Caller(msgspec.Struct, frozen=True):
+    tenant_id: uuid.UUID
+    is_admin: bool
+
+
+async def caller_for_key(conn: AsyncConnection, key: str) -> Caller | None:
     digest = hash_key(key)
     row = (
         await conn.execute(
-            select(api_keys.c.tenant_id, api_keys.c.key_hash).where(
+            select(api_keys.c.tenant_id, api_keys.c.key_hash, api_keys.c.is_admin).where(
                 api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)
             )
         )
@@ -60,7 +77,12 @@ async def tenant_for_key(conn: AsyncConnection, key: str) -> uuid.UUID | None:
     # final check constant-time as well.
     if row is None or not hmac.compare_digest(row.key_hash, digest):
         return None
-    return row.tenant_id  # type: ignore[no-any-return]
+    return Caller(tenant_id=row.tenant_id, is_admin=bool(row.is_admin))
+
+
+async def tenant_for_key(conn: AsyncConnection, key: str) -> uuid.UUID | None:
+    caller = await caller_for_key(conn, key)
+    return None if caller is None else caller.tenant_id
 
 
 class KeyCache:
@@ -72,15 +94,15 @@ class KeyCache:
     def __init__(self, ttl_seconds: float = 10.0, max_entries: int = 10_000) -> None:
         self._ttl = ttl_seconds
         self._max = max_entries
-        self._entries: dict[str, tuple[float, uuid.UUID]] = {}
+        self._entries: dict[str, tuple[float, Caller]] = {}
 
-    def get(self, key: str) -> uuid.UUID | None:
+    def get(self, key: str) -> Caller | None:
         entry = self._entries.get(hash_key(key))
         if entry is None or entry[0] < time.monotonic():
             return None
         return entry[1]
 
-    def put(self, key: str, tenant_id: uuid.UUID) -> None:
+    def put(self, key: str, caller: Caller) -> None:
         if len(self._entries) >= self._max:
             self._entries.clear()
-        self._entries[hash_key(key)] = (time.monotonic() + self._ttl, tenant_id)
+        self._entries[hash_key(key)] = (time.monotonic() + self._ttl, caller)

@@ -9,12 +9,20 @@ from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 
-from app.auth import tenant_for_key
+from app.auth import Caller, caller_for_key
 from app.database import translate_database_errors
 from app.errors import ProblemError
 from app.services import Services
 
-__all__ = ["ServicesDep", "TenantId", "provide_services", "provide_tenant"]
+__all__ = [
+    "AdminCaller",
+    "ServicesDep",
+    "TenantId",
+    "provide_admin",
+    "provide_caller",
+    "provide_services",
+    "provide_tenant",
+]
 
 
 def provide_services(state: State) -> Services:
@@ -27,7 +35,7 @@ def _unauthorized(detail: str) -> ProblemError:
     )
 
 
-async def provide_tenant(request: Request[Any, Any, Any], services: NamedDependency[Services]) -> uuid.UUID:
+async def provide_caller(request: Request[Any, Any, Any], services: NamedDependency[Services]) -> Caller:
     header = request.headers.get("authorization")
     if not header:
         raise _unauthorized("missing Authorization: Bearer <api key>")
@@ -39,14 +47,26 @@ async def provide_tenant(request: Request[Any, Any, Any], services: NamedDepende
     if cached is not None:
         return cached
     async with translate_database_errors(), services.engine.connect() as conn:
-        tenant_id = await tenant_for_key(conn, key)
-    if tenant_id is None:
+        caller = await caller_for_key(conn, key)
+    if caller is None:
         raise _unauthorized("unknown or revoked API key")
-    services.key_cache.put(key, tenant_id)
-    return tenant_id
+    services.key_cache.put(key, caller)
+    return caller
+
+
+async def provide_tenant(caller: NamedDependency[Caller]) -> uuid.UUID:
+    return caller.tenant_id
+
+
+async def provide_admin(caller: NamedDependency[Caller]) -> Caller:
+    if not caller.is_admin:
+        raise ProblemError(403, "Forbidden", "this route needs an admin API key", problem_type="forbidden")
+    return caller
 
 
 ServicesDep = NamedDependency[Services]
 """The process services, as a handler parameter named `services`."""
 TenantId = NamedDependency[uuid.UUID]
 """The caller's tenant, as a handler parameter named `tenant_id`."""
+AdminCaller = NamedDependency[Caller]
+"""The caller, checked to hold an admin key, as a handler parameter named `admin`."""

@@ -10,7 +10,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 
-from app.dependencies import provide_services, provide_tenant
+from app.dependencies import provide_admin, provide_caller, provide_services, provide_tenant
 from app.errors import exception_handlers
 from app.routes.chronicles import ChronicleController
 from app.routes.health import health, ready
@@ -36,7 +36,9 @@ def create_app(settings: Settings, endpoints: Endpoints, *, embedder: Embedder |
         lifespan=[services_lifespan],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
+            "caller": Provide(provide_caller),
             "tenant_id": Provide(provide_tenant),
+            "admin": Provide(provide_admin),
         },
         exception_handlers=exception_handlers,
         request_max_body_size=settings.max_request_bytes,
