@@ -9,15 +9,22 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
 from app.settings import ConfigError, Settings, load_settings
+from rag.events import EventIn
+
+if TYPE_CHECKING:
+    from app.runtime import Endpoints
+    from app.services import Services
 
 __all__ = ["main"]
 
@@ -66,18 +73,33 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cmd_serve)
 
     migrate = commands.add_parser("migrate", help="upgrade the database schema (or --to a revision)")
-    migrate.add_argument("--to", default="head", help="target revision: head (default), base, or an id")
+    migrate.add_argument("--to", default="head", choices=["head", "base"], help="head (default) or base")
     migrate.set_defaults(handler=cmd_migrate)
 
     tenant = commands.add_parser("tenant", help="manage tenants")
     tenant_commands = tenant.add_subparsers(title="tenant commands", metavar="COMMAND")
     create = tenant_commands.add_parser("create", help="create a tenant and print its API key")
     create.add_argument("name")
+    create.add_argument("--admin", action="store_true", help="the key may also use the admin routes")
     create.set_defaults(handler=cmd_tenant_create)
 
     demo = commands.add_parser("demo", help="load the sample story into a demo chronicle")
     demo.add_argument("--tenant", default=DEMO_TENANT, help="tenant name (created if missing)")
     demo.set_defaults(handler=cmd_demo)
+
+    worker = commands.add_parser("worker", help="run the ECS projector (and outbox relay) without HTTP")
+    worker.set_defaults(handler=cmd_worker)
+
+    ecs = commands.add_parser("ecs", help="world-state maintenance")
+    ecs_commands = ecs.add_subparsers(title="ecs commands", metavar="COMMAND")
+    for name, help_text, handler in (
+        ("rebuild", "replay a chronicle from sequence 0 into fresh state and swap it in", "rebuild"),
+        ("verify", "replay in memory and report every difference; exit 0 only when none", "verify"),
+        ("resume", "un-park a chronicle whose projection failed", "resume"),
+    ):
+        sub = ecs_commands.add_parser(name, help=help_text)
+        sub.add_argument("chronicle", help="chronicle id")
+        sub.set_defaults(handler=cmd_ecs, action=handler)
 
     ingest = commands.add_parser("ingest", help="append events from a JSON Lines file to a chronicle")
     ingest.add_argument("file", type=Path, help="one event object per line ('-' for standard input)")
@@ -132,46 +154,55 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_with_services(settings: Settings, work: object, *, need_redis: bool = False) -> object:
+T = TypeVar("T")
+
+
+def _run_with_services(
+    settings: Settings, work: Callable[[Services], Awaitable[T]], *, need_redis: bool = False
+) -> T:
+    """Run one piece of async work with the services open (and embedded servers if needed)."""
     from app.runtime import open_endpoints
     from app.services import open_services
 
-    async def run(endpoints: object) -> object:
-        async with open_services(settings, endpoints) as services:  # type: ignore[arg-type]
-            return await work(services)  # type: ignore[operator]
+    async def run(endpoints: Endpoints) -> T:
+        async with open_services(settings, endpoints) as services:
+            return await work(services)
 
     with _terminate_as_interrupt(), open_endpoints(settings, need_redis=need_redis) as endpoints:
         return asyncio.run(run(endpoints))
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from app.database import create_engine, migrate
+    from app.database import CHRONICLE_BRANCH, ECS_BRANCH, create_engine, migrate
     from app.runtime import open_endpoints
     from app.services import build_embedder
 
     dimension = settings.embedding_dimension or build_embedder(settings).dimension
 
-    async def run(url: str) -> None:
+    async def run(url: str, branch: str) -> None:
         engine = create_engine(url, timeout_ms=settings.db_timeout_ms, pool_size=1)
         try:
-            await migrate(engine, dimension, args.to)
+            await migrate(engine, dimension, args.to, branch=branch)
         finally:
             await engine.dispose()
 
     with _terminate_as_interrupt(), open_endpoints(settings, need_redis=False) as endpoints:
-        asyncio.run(run(endpoints.database_url))
-    print(f"database migrated to {args.to}")
+        # The ECS branch goes first on the way down and last on the way up; they are independent.
+        branches = [(endpoints.database_url, CHRONICLE_BRANCH), (endpoints.ecs_database_url, ECS_BRANCH)]
+        for url, branch in branches if args.to != "base" else reversed(branches):
+            asyncio.run(run(url, branch))
+            print(f"{branch} schema migrated to {args.to}")
     return 0
 
 
 def cmd_tenant_create(settings: Settings, args: argparse.Namespace) -> int:
     from app.auth import create_tenant, find_tenant
 
-    async def work(services: object) -> str:
-        async with services.engine.begin() as conn:  # type: ignore[attr-defined]
+    async def work(services: Services) -> str:
+        async with services.engine.begin() as conn:
             if await find_tenant(conn, args.name) is not None:
                 raise CliError(f"tenant {args.name!r} exists already")
-            tenant_id, key = await create_tenant(conn, args.name)
+            tenant_id, key = await create_tenant(conn, args.name, admin=args.admin)
         print(f"tenant {args.name} ({tenant_id})", file=sys.stderr)
         return key
 
@@ -180,19 +211,18 @@ def cmd_tenant_create(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _ensure_demo(services: object, tenant_name: str) -> tuple[str | None, uuid.UUID, uuid.UUID, int]:
+async def _ensure_demo(services: Services, tenant_name: str) -> tuple[str | None, uuid.UUID, uuid.UUID, int]:
     """Create the demo tenant and chronicle if missing and load the sample story idempotently."""
     from sqlalchemy import select
 
     from app.auth import create_tenant, find_tenant
-    from rag.events import EventIn
     from rag.ingest import ingest_batch
     from rag.schema import chronicles
     from rag.store import create_chronicle
 
     events = load_sample_story()
     key = None
-    async with services.engine.begin() as conn:  # type: ignore[attr-defined]
+    async with services.engine.begin() as conn:
         tenant_id = await find_tenant(conn, tenant_name)
         if tenant_id is None:
             tenant_id, key = await create_tenant(conn, tenant_name)
@@ -208,7 +238,7 @@ async def _ensure_demo(services: object, tenant_name: str) -> tuple[str | None, 
                 title=DEMO_CHRONICLE_TITLE,
                 description="Sample story shipped with Lorekeeper: a salt caravan, a stolen key, a death.",
                 metadata={"demo": True},
-                embedding_model=services.embedder.model_id,  # type: ignore[attr-defined]
+                embedding_model=services.embedder.model_id,
             )
             chronicle_id = row.id
     results = await ingest_batch(
@@ -216,26 +246,23 @@ async def _ensure_demo(services: object, tenant_name: str) -> tuple[str | None, 
         services.embed,
         tenant_id,
         chronicle_id,
-        events,  # type: ignore[attr-defined]
+        events,
     )
     assert results is not None
     new = sum(not r.duplicate for r in results)
-    _ = EventIn
     return key, tenant_id, chronicle_id, new
 
 
-def load_sample_story() -> list[object]:
-    from rag.events import EventIn
-
+def load_sample_story() -> list[EventIn]:
     text = resources.files("app.demo").joinpath("salt_road.jsonl").read_text(encoding="utf-8")
     return [msgspec.json.decode(line, type=EventIn) for line in text.splitlines() if line.strip()]
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(services: object) -> tuple[str | None, uuid.UUID, uuid.UUID, int]:
+    async def work(services: Services) -> tuple[str | None, uuid.UUID, uuid.UUID, int]:
         return await _ensure_demo(services, args.tenant)
 
-    key, tenant_id, chronicle_id, new = _run_with_services(settings, work)  # type: ignore[misc]
+    key, _tenant, chronicle_id, new = _run_with_services(settings, work)
     print(f"chronicle {chronicle_id} ({DEMO_CHRONICLE_TITLE}): {new} new events", file=sys.stderr)
     if key:
         print(f"tenant {args.tenant} created; API key (shown once): {key}", file=sys.stderr)
@@ -243,13 +270,13 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _prepare_demo(settings: Settings, endpoints: object) -> tuple[str, uuid.UUID]:
+async def _prepare_demo(settings: Settings, endpoints: Endpoints) -> tuple[str, uuid.UUID]:
     """For `serve --demo`: the demo chronicle plus a key kept in the data dir for local use."""
     from app.auth import find_tenant, issue_key, tenant_for_key
     from app.services import open_services
 
     key_file = settings.data_dir / DEMO_KEY_FILE
-    async with open_services(settings, endpoints) as services:  # type: ignore[arg-type]
+    async with open_services(settings, endpoints) as services:
         new_key, tenant_id, chronicle_id, _ = await _ensure_demo(services, DEMO_TENANT)
         if new_key is None and key_file.is_file():
             stored = key_file.read_text().strip()
@@ -284,6 +311,72 @@ def _print_demo_banner(settings: Settings, key: str, chronicle_id: uuid.UUID) ->
     )
 
 
+def _chronicle_arg(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise CliError(f"{raw!r} is not a chronicle id (a UUID)") from None
+
+
+def cmd_ecs(settings: Settings, args: argparse.Namespace) -> int:
+    from ecs.maintenance import rebuild_chronicle, verify_chronicle
+    from ecs.repository import resume_checkpoint
+
+    chronicle_id = _chronicle_arg(args.chronicle)
+
+    async def work(services: Services) -> int:
+        if args.action == "rebuild":
+            started = time.monotonic()
+            rebuilt = await rebuild_chronicle(services.engine, services.ecs_engine, chronicle_id)
+            if rebuilt is None:
+                raise CliError(f"no chronicle {chronicle_id}")
+            print(
+                f"rebuilt {chronicle_id}: {rebuilt.events} events, {rebuilt.entities} entities, "
+                f"{rebuilt.relationships} relationships in {time.monotonic() - started:.2f}s "
+                f"(state hash {rebuilt.state_hash[:16]})"
+            )
+            return 0
+        if args.action == "verify":
+            result = await verify_chronicle(services.engine, services.ecs_engine, chronicle_id)
+            if result is None:
+                raise CliError(f"no chronicle {chronicle_id}")
+            for d in result.differences:
+                where = (
+                    d.entity + (f" {d.component}" if d.component else "") + (f".{d.field}" if d.field else "")
+                )
+                print(f"{d.kind}: {where}: stored {d.stored!r}, expected {d.expected!r}")
+            if not result.checkpoint_hash_matches:
+                print("checkpoint hash differs from the replay's")
+            print(
+                f"{chronicle_id}: {'OK' if result.ok else 'DIFFERENT'} "
+                f"({len(result.differences)} differences, replayed to sequence {result.checkpoint_sequence})"
+            )
+            return 0 if result.ok else 1
+        async with services.ecs_engine.begin() as conn:
+            if not await resume_checkpoint(conn, chronicle_id):
+                raise CliError(f"no checkpoint for chronicle {chronicle_id}")
+        print(f"{chronicle_id}: resumed")
+        return 0
+
+    return int(_run_with_services(settings, work))
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """Projector (and relay) loops until SIGINT/SIGTERM; any number of workers may run."""
+
+    async def work(services: Services) -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("worker started")
+        await services.projector.run(stop)
+        log.info("worker stopped")
+        return 0
+
+    return int(_run_with_services(settings, work))
+
+
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -307,8 +400,8 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
         except (msgspec.ValidationError, msgspec.DecodeError) as error:
             raise CliError(f"{args.file}:{number}: {error}; nothing was ingested") from None
 
-    async def work(services: object) -> tuple[uuid.UUID, int, int]:
-        async with services.engine.begin() as conn:  # type: ignore[attr-defined]
+    async def work(services: Services) -> tuple[uuid.UUID, int, int]:
+        async with services.engine.begin() as conn:
             tenant_id = await find_tenant(conn, args.tenant)
             if tenant_id is None:
                 raise CliError(f"no tenant named {args.tenant!r} (create it with `lore tenant create`)")
@@ -322,7 +415,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
             else:
                 row = await create_chronicle(
                     conn, tenant_id, title=Path(str(args.file)).stem, description=None, metadata={},
-                    embedding_model=services.embedder.model_id,  # type: ignore[attr-defined]
+                    embedding_model=services.embedder.model_id,
                 )  # fmt: skip
                 chronicle_id = row.id
         new = duplicates = 0
@@ -334,7 +427,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
                     services.embed,
                     tenant_id,
                     chronicle_id,
-                    batch,  # type: ignore[attr-defined]
+                    batch,
                 )
                 assert results is not None
                 new += sum(not r.duplicate for r in results)
@@ -342,7 +435,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
                 progress.update(len(batch))
         return chronicle_id, new, duplicates
 
-    chronicle_id, new, duplicates = _run_with_services(settings, work)  # type: ignore[misc]
+    chronicle_id, new, duplicates = _run_with_services(settings, work)
     print(f"{new} events stored, {duplicates} duplicates skipped", file=sys.stderr)
     print(chronicle_id)
     return 0

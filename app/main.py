@@ -13,6 +13,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 from app.dependencies import provide_admin, provide_caller, provide_services, provide_tenant
 from app.errors import exception_handlers
 from app.routes.chronicles import ChronicleController
+from app.routes.ecs import AdminEcsController, EcsStatusController
 from app.routes.health import health, ready
 from app.runtime import Endpoints
 from app.services import open_services
@@ -32,7 +33,7 @@ def create_app(settings: Settings, endpoints: Endpoints, *, embedder: Embedder |
             yield
 
     return Litestar(
-        route_handlers=[health, ready, ChronicleController],
+        route_handlers=[health, ready, ChronicleController, EcsStatusController, AdminEcsController],
         lifespan=[services_lifespan],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),

@@ -77,11 +77,16 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """Open engines and the embedder; with `run_background`, also run the projector."""
     own_embedder = embedder is None
-    embedder = embedder or await asyncio.to_thread(build_embedder, settings)
-    engine = create_engine(endpoints.database_url, timeout_ms=settings.db_timeout_ms, pool_size=settings.db_pool_size)
+    if embedder is None:
+        embedder = await asyncio.to_thread(build_embedder, settings)
+    engine = create_engine(
+        endpoints.database_url, timeout_ms=settings.db_timeout_ms, pool_size=settings.db_pool_size
+    )
     separate_ecs = endpoints.ecs_database_url != endpoints.database_url
     ecs_engine = (
-        create_engine(endpoints.ecs_database_url, timeout_ms=settings.db_timeout_ms, pool_size=settings.db_pool_size)
+        create_engine(
+            endpoints.ecs_database_url, timeout_ms=settings.db_timeout_ms, pool_size=settings.db_pool_size
+        )
         if separate_ecs
         else engine
     )

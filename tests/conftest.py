@@ -71,8 +71,13 @@ def embedder() -> Iterator[LocalMiniLMEmbedder]:
 
 @pytest.fixture(scope="session")
 def settings(embedded_root: Path, database_url: str, redis_url: str) -> Settings:
+    # The shared app does not run the projector: tests project explicitly, so their counts are exact.
     return Settings(
-        database_url=database_url, redis_url=redis_url, data_dir=embedded_root, db_timeout_ms=5_000
+        database_url=database_url,
+        redis_url=redis_url,
+        data_dir=embedded_root,
+        db_timeout_ms=5_000,
+        run_projector=False,
     )
 
 
