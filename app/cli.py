@@ -370,11 +370,14 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         log.info("worker started")
-        await services.projector.run(stop)
+        loops = [services.projector.run(stop)]
+        if services.relay is not None:
+            loops.append(services.relay.run(stop))
+        await asyncio.gather(*loops)
         log.info("worker stopped")
         return 0
 
-    return int(_run_with_services(settings, work))
+    return int(_run_with_services(settings, work, need_redis=True))
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:

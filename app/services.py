@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import KeyCache
@@ -15,6 +17,7 @@ from app.database import CHRONICLE_BRANCH, ECS_BRANCH, create_engine, migrate
 from app.runtime import Endpoints
 from app.settings import Settings
 from ecs.projector import Projector
+from ecs.relay import OutboxRelay
 from rag.embedding import Embedder, create_embedder
 from rag.store import claim_embedding_space
 
@@ -40,20 +43,33 @@ class Services:
         self.key_cache = KeyCache()
         # One thread: the model already uses two intra-op threads, and more would only contend.
         self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        self.redis = (
+            Redis.from_url(endpoints.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+            if (endpoints.redis_url)
+            else None
+        )
+        self.relay = OutboxRelay(ecs_engine, self.redis) if self.redis is not None else None
         self.projector = Projector(
             engine,
             ecs_engine,
             batch_size=settings.projector_batch_size,
             max_attempts=settings.projector_max_attempts,
             listen_url=endpoints.database_url.replace("postgresql+asyncpg://", "postgresql://", 1),
+            on_committed=self._after_projection,
         )
+
+    async def _after_projection(self, chronicle_id: uuid.UUID, touched: set[str]) -> None:
+        if self.relay is not None:
+            self.relay.notify()
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         """Embed off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._embed_pool, self.embedder.embed, texts)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         self._embed_pool.shutdown(wait=False, cancel_futures=True)
+        if self.redis is not None:
+            await self.redis.aclose()
 
 
 def build_embedder(settings: Settings) -> Embedder:
@@ -101,6 +117,8 @@ async def open_services(
             await claim_embedding_space(conn, embedder.model_id, embedder.dimension)
         if run_background and settings.run_projector:
             background.append(asyncio.create_task(services.projector.run(stop), name="projector"))
+            if services.relay is not None:
+                background.append(asyncio.create_task(services.relay.run(stop), name="relay"))
         yield services
     finally:
         stop.set()
@@ -109,7 +127,7 @@ async def open_services(
                 await asyncio.wait_for(task, 10)
             except (TimeoutError, asyncio.CancelledError):
                 task.cancel()
-        services.close()
+        await services.aclose()
         if separate_ecs:
             await ecs_engine.dispose()
         await engine.dispose()
