@@ -209,7 +209,7 @@ class LocalMiniLMEmbedder:
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # warnings about unused initialisers are noise here
+        options.log_severity_level = 3  # errors only: ORT logs straight to stderr, bypassing logging
         try:
             session = ort.InferenceSession(
                 str(path), sess_options=options, providers=["CPUExecutionProvider"]
