@@ -91,3 +91,38 @@ async def test_embedding_dimension_follows_the_model_and_mismatch_is_refused(emp
     async with empty_engine.begin() as conn:
         with pytest.raises(EmbeddingSpaceMismatch, match="refusing to mix models"):
             await claim_embedding_space(conn, "model-b", 768)
+
+
+async def test_ecs_branch_upgrades_and_downgrades_independently(empty_engine) -> None:
+    await migrate(empty_engine, 384, branch="chronicle")
+    await migrate(empty_engine, 384, branch="ecs")
+    ecs_tables = {
+        "ecs_entities", "ecs_components", "ecs_relationships", "ecs_valence_history", "ecs_checkpoints", "ecs_outbox",
+    }  # fmt: skip
+    assert ecs_tables <= await table_names(empty_engine)
+    async with empty_engine.connect() as conn:
+        assert await current_revision(conn, "ecs") == head_revision("ecs")
+        assert await current_revision(conn, "chronicle") == head_revision("chronicle")
+    indexes = await index_definitions(empty_engine)
+    assert "USING gin (data jsonb_path_ops)" in indexes["ecs_components_data_gin"]
+    assert "(to_id, from_id)" in indexes["ecs_relationships_reverse_idx"]
+
+    await migrate(empty_engine, 384, "base", branch="ecs")
+    tables = await table_names(empty_engine)
+    assert not ecs_tables & tables
+    assert "chronicle_events" in tables  # the other branch is untouched
+    await migrate(empty_engine, 384, branch="ecs")
+    assert ecs_tables <= await table_names(empty_engine)
+
+
+async def test_ecs_tables_in_code_mirror_the_migrations(empty_engine) -> None:
+    from ecs.schema import ecs_metadata
+
+    await migrate(empty_engine, 384, branch="ecs")
+    async with empty_engine.connect() as conn:
+        for table in ecs_metadata.sorted_tables:
+            rows = await conn.execute(
+                text("SELECT column_name FROM information_schema.columns WHERE table_name = :t"), {"t": table.name}
+            )
+            assert {r[0] for r in rows} == set(table.columns.keys()), table.name
+            assert "tenant_id" in table.columns and "chronicle_id" in table.columns, table.name
