@@ -6,14 +6,17 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from litestar import Litestar
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 
 from app.dependencies import provide_admin, provide_caller, provide_services, provide_tenant
 from app.errors import exception_handlers
+from app.metrics import Metrics, metrics_endpoint, metrics_middleware
 from app.routes.chronicles import ChronicleController
 from app.routes.ecs import AdminEcsController, EcsStatusController
+from app.routes.entities import EntityController
 from app.routes.health import health, ready
 from app.runtime import Endpoints
 from app.services import open_services
@@ -33,7 +36,17 @@ def create_app(settings: Settings, endpoints: Endpoints, *, embedder: Embedder |
             yield
 
     return Litestar(
-        route_handlers=[health, ready, ChronicleController, EcsStatusController, AdminEcsController],
+        route_handlers=[
+            health,
+            ready,
+            metrics_endpoint,
+            ChronicleController,
+            EcsStatusController,
+            AdminEcsController,
+            EntityController,
+        ],
+        middleware=[metrics_middleware],
+        state=State({"metrics": Metrics()}),
         lifespan=[services_lifespan],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),

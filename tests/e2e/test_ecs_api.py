@@ -91,3 +91,21 @@ async def test_ecs_status_is_tenant_scoped(separate_ecs, other_tenant) -> None:
     fresh = (await client.get(f"/api/chronicles/{chronicle}/ecs", headers=headers)).json()
     assert fresh["checkpoint_sequence"] == 0 and fresh["lag_events"] == 0
 
+
+
+async def test_metrics_expose_projection_lag_parked_and_request_latency(separate_ecs) -> None:
+    client, headers, _, _ = separate_ecs
+    chronicle = (await client.post("/api/chronicles", json={"title": "m"}, headers=headers)).json()["id"]
+    await client.post(f"/api/chronicles/{chronicle}/events", json={"events": [{"summary": "x", "actors": ["A"]}]},
+                      headers=headers)  # fmt: skip
+    await wait_caught_up(client, headers, chronicle, 1)
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    body = response.text
+    assert "lore_projector_events_applied_total" in body
+    assert "lore_projection_parked_chronicles" in body
+    assert "lore_ecs_reachable 1.0" in body
+    assert (
+        "lore_request_duration_seconds_count{method=\"POST\",route=\"/api/chronicles/{chronicle_id}/events\",status=\"200\"}"
+        in body
+    )
