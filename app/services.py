@@ -16,6 +16,7 @@ from app.auth import KeyCache
 from app.database import CHRONICLE_BRANCH, ECS_BRANCH, create_engine, migrate
 from app.runtime import Endpoints
 from app.settings import Settings
+from ecs.cache import EntityCache
 from ecs.projector import Projector
 from ecs.relay import OutboxRelay
 from rag.embedding import Embedder, create_embedder
@@ -49,6 +50,7 @@ class Services:
             else None
         )
         self.relay = OutboxRelay(ecs_engine, self.redis) if self.redis is not None else None
+        self.cache = EntityCache.from_url(endpoints.redis_url, ecs_engine)
         self.projector = Projector(
             engine,
             ecs_engine,
@@ -59,6 +61,7 @@ class Services:
         )
 
     async def _after_projection(self, chronicle_id: uuid.UUID, touched: set[str]) -> None:
+        await self.cache.on_committed(chronicle_id, touched)
         if self.relay is not None:
             self.relay.notify()
 
@@ -68,6 +71,7 @@ class Services:
 
     async def aclose(self) -> None:
         self._embed_pool.shutdown(wait=False, cancel_futures=True)
+        await self.cache.aclose()
         if self.redis is not None:
             await self.redis.aclose()
 
