@@ -114,6 +114,7 @@ __all__ = [
     "EntityCreated",
     "EntityKindChanged",
     "EventChanges",
+    "Provenance",
     "Relation",
     "Relationship",
     "RelationshipRemoved",
@@ -185,6 +186,13 @@ class ChronicleEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 # State
 
 
+class Provenance(msgspec.Struct, frozen=True, array_like=True):
+    """The event that set a fact: what a context bundle cites next to it."""
+
+    sequence: int
+    event_id: str
+
+
 class Entity(msgspec.Struct, kw_only=True):
     """A thing in the world. ``components`` maps a component name to a typed :class:`Component`
     (registered names) or raw JSON (custom names); treat the values as immutable."""
@@ -198,6 +206,8 @@ class Entity(msgspec.Struct, kw_only=True):
     updated_sequence: int
     created_event_id: str
     updated_event_id: str
+    provenance: dict[str, Provenance] = {}
+    """Per component name: the event that last set it."""
 
     @property
     def archetype(self) -> tuple[str, ...]:
@@ -234,6 +244,8 @@ class Relationship(msgspec.Struct, kw_only=True):
     valence: dict[str, float] = {}
     created_sequence: int
     updated_sequence: int
+    provenance: dict[str, Provenance] = {}
+    """Per valence dimension: the event that last changed it."""
 
 
 class WorldState(msgspec.Struct, kw_only=True):
@@ -512,10 +524,12 @@ def apply_change(state: WorldState, change: Change) -> None:
         case ComponentSet():
             entity = state.entities[change.entity_id]
             entity.components[change.component] = _typed(change.component, change.value)
+            entity.provenance[change.component] = Provenance(change.sequence, change.event_id)
             _touch(entity, change)
         case ComponentRemoved():
             entity = state.entities[change.entity_id]
             entity.components.pop(change.component, None)
+            entity.provenance.pop(change.component, None)
             _touch(entity, change)
         case AliasAdded():
             entity = state.entities[change.entity_id]
@@ -536,6 +550,7 @@ def apply_change(state: WorldState, change: Change) -> None:
         case ValenceChanged():
             rel = _relationship(state, change.from_id, change.to_id, change.sequence)
             rel.valence[change.dimension] = change.value
+            rel.provenance[change.dimension] = Provenance(change.sequence, change.event_id)
         case Anomaly():
             pass
 

@@ -122,6 +122,8 @@ def component_rows(state: WorldState, entity_id: str, tenant_id: uuid.UUID) -> l
                 "location_id": uuid.UUID(value.location) if isinstance(value, Position) else None,
                 "holder_id": uuid.UUID(value.holder) if isinstance(value, Holder) else None,
                 "status": value.value if isinstance(value, Status) else None,
+                "sequence": entity.provenance[name].sequence,
+                "event_id": uuid.UUID(entity.provenance[name].event_id),
             }
         )
     return rows
@@ -136,6 +138,7 @@ def relationship_row(state: WorldState, key: str, tenant_id: uuid.UUID) -> dict[
         "chronicle_id": uuid.UUID(state.chronicle_id),
         "types": msgspec.to_builtins(record.types),
         "valence": dict(record.valence),
+        "provenance": msgspec.to_builtins(record.provenance),
         "created_sequence": record.created_sequence,
         "updated_sequence": record.updated_sequence,
     }
@@ -203,7 +206,8 @@ async def _upsert_relationships(
         statement.on_conflict_do_update(
             index_elements=[ecs_relationships.c.from_id, ecs_relationships.c.to_id],
             set_={
-                c: statement.excluded[c] for c in ("types", "valence", "created_sequence", "updated_sequence")
+                c: statement.excluded[c]
+                for c in ("types", "valence", "provenance", "created_sequence", "updated_sequence")
             },
         ),
         rows,

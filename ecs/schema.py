@@ -60,6 +60,8 @@ ecs_components = Table(
     Column("location_id", _UUID),
     Column("holder_id", _UUID),
     Column("status", String(100)),
+    Column("sequence", BigInteger, nullable=False),
+    Column("event_id", _UUID, nullable=False),
 )
 
 ecs_relationships = Table(
@@ -71,6 +73,7 @@ ecs_relationships = Table(
     Column("chronicle_id", _UUID, nullable=False),
     Column("types", JSONB, nullable=False),
     Column("valence", JSONB, nullable=False),
+    Column("provenance", JSONB, nullable=False),
     Column("created_sequence", BigInteger, nullable=False),
     Column("updated_sequence", BigInteger, nullable=False),
 )

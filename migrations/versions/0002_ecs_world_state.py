@@ -59,6 +59,9 @@ def upgrade() -> None:
         sa.Column("location_id", UUID),
         sa.Column("holder_id", UUID),
         sa.Column("status", sa.String(100)),
+        # Provenance: the event that last set this component.
+        sa.Column("sequence", sa.BigInteger, nullable=False),
+        sa.Column("event_id", UUID, nullable=False),
     )
     op.create_index(
         "ecs_components_data_gin", "ecs_components", ["data"], postgresql_using="gin",
@@ -86,6 +89,8 @@ def upgrade() -> None:
         sa.Column("chronicle_id", UUID, nullable=False),
         sa.Column("types", pg.JSONB, nullable=False, server_default="{}"),
         sa.Column("valence", pg.JSONB, nullable=False, server_default="{}"),
+        # Per valence dimension: [sequence, event id] of the change that set it.
+        sa.Column("provenance", pg.JSONB, nullable=False, server_default="{}"),
         sa.Column("created_sequence", sa.BigInteger, nullable=False),
         sa.Column("updated_sequence", sa.BigInteger, nullable=False),
     )

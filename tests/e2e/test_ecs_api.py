@@ -71,7 +71,9 @@ async def test_background_projection_into_separate_database(separate_ecs, databa
     forbidden = await client.post(f"/api/admin/chronicles/{chronicle}/ecs/verify", headers=headers)
     assert forbidden.status_code == 403
     verified = (await client.post(f"/api/admin/chronicles/{chronicle}/ecs/verify", headers=admin)).json()
-    assert verified["ok"] is True and verified["differences"] == [] and verified["checkpoint_sequence"] == 40
+    assert verified["differences"] == [], [(d["stored"], d["expected"]) for d in verified["differences"]]
+    assert verified["checkpoint_sequence"] == 40
+    assert verified["ok"] is True, verified
     rebuilt = (await client.post(f"/api/admin/chronicles/{chronicle}/ecs/rebuild", headers=admin)).json()
     assert rebuilt["events"] == 40
 

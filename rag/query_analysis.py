@@ -1,0 +1,477 @@
+"""Query analysis for context bundles: which known entities a question mentions, and what it asks.
+
+``analyse_query`` is pure, fast and total: it never raises on any ``str`` (arbitrary Unicode,
+lone surrogates, megabytes), because it runs on untrusted client text before anything else. Its
+work is bounded by analysing at most :data:`MAX_QUERY_CHARS` characters; the result says whether
+the text was cut.
+
+Entity matching is token based rather than one big regex alternation: the text and every name or
+alias are split into the same tokens (runs of word characters, or single other non-space
+characters), compared case-folded token by token, with "glued" tokens (``O'Brien``) required to be
+glued in the text too and whitespace-separated ones separated by whitespace. That gives
+whole-word matching (``Bram`` never matches inside ``Brambles``, but matches in ``Bram's``), spans
+that always fall on character boundaries of the original text, and a cost that does not depend on
+compiling a regex over thousands of names on every request.
+
+Facets are coarse intents (where is X? who holds Y? is Z alive?) detected by word-boundary
+regexes; the context assembler uses them to decide which facts and events to rank first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Final, Literal, get_args
+
+import msgspec
+
+from rag.events import normalize_name
+
+__all__ = [
+    "FACETS",
+    "MAX_QUERY_CHARS",
+    "Facet",
+    "KnownEntity",
+    "Mention",
+    "QueryAnalysis",
+    "analyse_query",
+]
+
+MAX_QUERY_CHARS: Final = 4_000
+"""Characters of the query that are analysed. A question longer than this is almost certainly
+pasted text rather than a question; analysing only its head keeps the cost per request bounded."""
+
+Facet = Literal["location", "possession", "status", "relationship", "presence", "timeline", "general"]
+"""What a query asks about. ``status`` is life status (alive, dead, fate); ``general`` is given
+only when nothing more specific matched."""
+
+FACETS: Final[tuple[Facet, ...]] = get_args(Facet)
+"""Every facet, in the canonical order :attr:`QueryAnalysis.facets` uses."""
+
+
+class KnownEntity(msgspec.Struct, frozen=True):
+    """An entity the query may mention: from ECS, or from chronicle actors when ECS is down."""
+
+    id: str
+    name: str
+    aliases: list[str] = []
+    kind: str = "character"
+
+
+class Mention(msgspec.Struct, frozen=True):
+    """One entity the query is about.
+
+    ``span`` is the ``(start, end)`` of the first occurrence in the query text, and ``matched`` is
+    exactly ``text[start:end]``. A mention that comes only from ``focus`` has ``span`` ``None``
+    and ``matched`` equal to the focus entry as given. ``ambiguous`` marks a name or alias shared
+    by several entities; each of them gets a mention, since dropping the right one would lose
+    context while including an extra one only costs budget.
+    """
+
+    entity_id: str
+    name: str
+    kind: str
+    matched: str
+    span: tuple[int, int] | None
+    from_focus: bool = False
+    ambiguous: bool = False
+
+
+class QueryAnalysis(msgspec.Struct, frozen=True):
+    """The result of :func:`analyse_query`.
+
+    ``facets`` is a set, stored as a tuple in :data:`FACETS` order so that encodings and logs are
+    deterministic (a frozenset's iteration order changes with the interpreter's hash seed).
+    ``dimensions`` are relationship dimension hints (``trust``, ``affection``, ``fear``,
+    ``respect``, ``loyalty``) in order of first occurrence.
+    """
+
+    mentions: tuple[Mention, ...] = ()
+    facets: tuple[Facet, ...] = ("general",)
+    dimensions: tuple[str, ...] = ()
+    unresolved_focus: tuple[str, ...] = ()
+    truncated: bool = False
+    analysed_chars: int = 0
+
+    @property
+    def entity_ids(self) -> list[str]:
+        """The mentioned entity ids, without repeats, in mention order (focus first)."""
+        return list(dict.fromkeys(m.entity_id for m in self.mentions))
+
+    @property
+    def dimension(self) -> str | None:
+        """The first relationship dimension hint, if any."""
+        return self.dimensions[0] if self.dimensions else None
+
+    def has(self, facet: Facet) -> bool:
+        return facet in self.facets
+
+
+# --------------------------------------------------------------------------------------------------
+# Facets
+# --------------------------------------------------------------------------------------------------
+
+
+def _words(*alternatives: str) -> re.Pattern[str]:
+    # (?<!\w)/(?!\w) instead of \b so that phrases starting or ending in punctuation still work,
+    # and \s+ inside phrases so that line breaks or double spaces do not defeat them.
+    body = "|".join(alt.replace(" ", r"\s+") for alt in alternatives)
+    return re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE)
+
+
+# Inflected forms are listed explicitly (not stemmed) so that each pattern is easy to audit and
+# none of them fires on an unrelated word that merely shares a prefix.
+_FACET_PATTERNS: Final[tuple[tuple[Facet, re.Pattern[str]], ...]] = (
+    (
+        "location",
+        _words(
+            "where",
+            "whereabouts",
+            "location",
+            "located",
+            "went",
+            "gone to",
+            "go to",
+            "goes to",
+            "travel(?:l?ed)? to",
+            "headed",
+            "heading",
+        ),
+    ),
+    (
+        "possession",
+        _words(
+            "has",
+            "have",
+            "had",
+            "carr(?:y|ies|ied|ying)",
+            "hold(?:s|ing)?",
+            "held",
+            "own(?:s|ed)?",
+            "possess(?:es|ed|ion|ions)?",
+            "inventory",
+            "belongings",
+            "who has",
+            "stole(?:n)?",
+        ),
+    ),
+    (
+        "status",
+        _words(
+            "alive",
+            "dead",
+            "die[sd]?",
+            "dying",
+            "killed",
+            "kill(?:s)?",
+            "living",
+            "death",
+            "happened to",
+            "fate",
+            "survived?",
+            "wounded",
+            "injured",
+            "captured",
+            "imprisoned",
+        ),
+    ),
+    (
+        "relationship",
+        _words(
+            "trust(?:s|ed|ing)?",
+            "distrust(?:s|ed)?",
+            "mistrust(?:s|ed)?",
+            "feels? about",
+            "felt about",
+            "relationship(?:s)?",
+            "like[sd]?",
+            "dislike[sd]?",
+            "hate[sd]?",
+            "love[sd]?",
+            "loyal(?:ty)?",
+            "all(?:y|ies|ied)",
+            "enem(?:y|ies)",
+            "afraid of",
+            "fears?",
+            "feared",
+            "respect(?:s|ed)?",
+            "friends?",
+            "rivals?",
+        ),
+    ),
+    (
+        "presence",
+        _words(
+            "who was at",
+            "who was present",
+            "who were present",
+            "present",
+            "witness(?:es|ed)?",
+            "who else was",
+            "who else were",
+            "who saw",
+            "who was there",
+            "who was with",
+        ),
+    ),
+    (
+        "timeline",
+        _words(
+            "what happened",
+            "before",
+            "after",
+            "when",
+            "history",
+            "earlier",
+            "first",
+            "last time",
+            "since",
+            "until",
+            "previously",
+            "timeline",
+        ),
+    ),
+)
+
+# Checked in this order at each position; the first hit names the dimension. Negative words map
+# to the same dimension as positive ones: "does Maud distrust Oswin?" is a question about trust.
+_DIMENSION_PATTERNS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
+    (
+        "trust",
+        _words(
+            "trust(?:s|ed|ing|worthy)?",
+            "distrust(?:s|ed)?",
+            "mistrust(?:s|ed)?",
+            "rel(?:y|ies|ied) on",
+            "confidence",
+        ),
+    ),
+    (
+        "affection",
+        _words(
+            "like[sd]?",
+            "dislike[sd]?",
+            "love[sd]?",
+            "hate[sd]?",
+            "fond(?:ness)?",
+            "affection",
+            "care[sd]? (?:about|for)",
+        ),
+    ),
+    ("fear", _words("afraid", "fears?", "feared", "scared", "frightened", "terrified")),
+    ("respect", _words("respect(?:s|ed)?", "admire[sd]?", "esteem", "despise[sd]?")),
+    ("loyalty", _words("loyal(?:ty)?", "disloyal(?:ty)?", "betray(?:s|ed|al)?")),
+)
+
+
+def _facets_and_dimensions(text: str) -> tuple[tuple[Facet, ...], tuple[str, ...]]:
+    found: set[Facet] = {facet for facet, pattern in _FACET_PATTERNS if pattern.search(text)}
+    firsts: list[tuple[int, int, str]] = []
+    for rank, (dimension, pattern) in enumerate(_DIMENSION_PATTERNS):
+        match = pattern.search(text)
+        if match is not None:
+            firsts.append((match.start(), rank, dimension))
+    dimensions = tuple(dimension for _, _, dimension in sorted(firsts))
+    if dimensions:
+        # "Does Maud respect Oswin?" is a relationship question even without a listed keyword.
+        found.add("relationship")
+    if not found:
+        found.add("general")
+    return tuple(facet for facet in FACETS if facet in found), dimensions
+
+
+# --------------------------------------------------------------------------------------------------
+# Entity mentions
+# --------------------------------------------------------------------------------------------------
+
+# A token is a maximal run of word characters or a single other non-space character, so
+# punctuation inside names ("O'Brien", "St. Ives") must line up with the text's punctuation.
+_TOKEN: Final = re.compile(r"\w+|[^\w\s]")
+_WORD_CHAR: Final = re.compile(r"\w")
+
+
+class _Term(msgspec.Struct, frozen=True):
+    """A name or alias split into case-folded tokens; ``glued[i]`` says token ``i + 1`` follows
+    token ``i`` with no whitespace in between."""
+
+    tokens: tuple[str, ...]
+    glued: tuple[bool, ...]
+    entity_ids: tuple[str, ...]
+    ambiguous: bool
+
+
+def _split(text: str) -> tuple[list[str], list[tuple[int, int]]]:
+    folded: list[str] = []
+    spans: list[tuple[int, int]] = []
+    for match in _TOKEN.finditer(text):
+        folded.append(match.group().casefold())
+        spans.append(match.span())
+    return folded, spans
+
+
+def _build_terms(known: Sequence[KnownEntity]) -> dict[str, list[_Term]]:
+    """Index every name and alias by its first folded token, longest term first."""
+    by_key: dict[str, tuple[set[str], set[str]]] = {}  # key -> (ids naming it, ids aliasing it)
+    key_source: dict[str, str] = {}
+    for entity in known:
+        for position, label in enumerate((entity.name, *entity.aliases)):
+            key = normalize_name(label)
+            if not key:
+                continue
+            # Tokenise the label before folding, exactly as the text is: folding can change what
+            # counts as a word character ("İ" folds to "i" plus a combining dot).
+            key_source.setdefault(key, " ".join(label.split()))
+            named, aliased = by_key.setdefault(key, (set(), set()))
+            (named if position == 0 else aliased).add(entity.id)
+
+    index: dict[str, list[_Term]] = {}
+    for key, (named, aliased) in by_key.items():
+        tokens, spans = _split(key_source[key])
+        if not tokens:
+            continue
+        # A label that is one entity's name refers to that entity even if it is another's alias.
+        ids = named or aliased
+        glued = tuple(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))
+        term = _Term(tuple(tokens), glued, tuple(sorted(ids)), ambiguous=len(ids) > 1)
+        index.setdefault(tokens[0], []).append(term)
+    for terms in index.values():
+        # Longest first, so "Lantern Cellar" wins over "Lantern"; then by tokens for determinism.
+        terms.sort(key=lambda t: (-len(t.tokens), t.tokens, t.glued))
+    return index
+
+
+def _find_mentions(text: str, known: Sequence[KnownEntity]) -> list[tuple[str, tuple[int, int], bool]]:
+    """``(entity_id, span, ambiguous)`` for every match, left to right, non-overlapping."""
+    index = _build_terms(known)
+    if not index:
+        return []
+    folded, spans = _split(text)
+    found: list[tuple[str, tuple[int, int], bool]] = []
+    i = 0
+    while i < len(folded):
+        match: _Term | None = None
+        for term in index.get(folded[i], ()):
+            n = len(term.tokens)
+            if i + n > len(folded) or tuple(folded[i : i + n]) != term.tokens:
+                continue
+            if all((spans[i + k][1] == spans[i + k + 1][0]) == term.glued[k] for k in range(n - 1)):
+                match = term
+                break
+        if match is None:
+            i += 1
+            continue
+        span = (spans[i][0], spans[i + len(match.tokens) - 1][1])
+        found.extend((entity_id, span, match.ambiguous) for entity_id in match.entity_ids)
+        i += len(match.tokens)
+    return found
+
+
+def _resolve_focus(
+    entry: str, known: Sequence[KnownEntity], by_id: dict[str, KnownEntity]
+) -> list[KnownEntity]:
+    """Exact id first, then entities named ``entry``, then entities with it as an alias."""
+    if entry in by_id:
+        return [by_id[entry]]
+    key = normalize_name(entry)
+    if not key:
+        return []
+    named = [e for e in known if normalize_name(e.name) == key]
+    if named:
+        return sorted(named, key=lambda e: e.id)
+    aliased = [e for e in known if any(normalize_name(a) == key for a in e.aliases)]
+    return sorted(aliased, key=lambda e: e.id)
+
+
+def _window(text: str) -> tuple[str, bool]:
+    if len(text) <= MAX_QUERY_CHARS:
+        return text, False
+    window = text[:MAX_QUERY_CHARS]
+    # Do not let the cut create a word: "...Oswinford" cut to "...Oswin" is not a mention.
+    tail = re.search(r"\w+\Z", window)
+    if tail is not None and _WORD_CHAR.match(text, MAX_QUERY_CHARS):
+        window = window[: tail.start()]
+    return window, True
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def analyse_query(text: str, known: Sequence[KnownEntity], focus: Sequence[str] = ()) -> QueryAnalysis:
+    """Find the entities ``text`` mentions and the facets it asks about.
+
+    Args:
+        text: The client's query; only the first :data:`MAX_QUERY_CHARS` characters are analysed.
+        known: The entities that may be mentioned (their names and aliases are matched
+            case-insensitively, as whole words or phrases, longest match first).
+        focus: Entity ids or names the client asked to focus on. They are resolved against
+            ``known`` and listed first, in the order given; entries that resolve to nothing are
+            reported in ``unresolved_focus`` instead of failing the request.
+
+    Returns:
+        Mentions in a deterministic order (focus first, then by first occurrence in the text;
+        ties between entities sharing one span by id), one per entity.
+    """
+    window, truncated = _window(text)
+    facets, dimensions = _facets_and_dimensions(window)
+    occurrences = _find_mentions(window, known)
+    first_seen: dict[str, tuple[tuple[int, int], bool]] = {}
+    for entity_id, span, ambiguous in occurrences:
+        first_seen.setdefault(entity_id, (span, ambiguous))
+
+    by_id = {entity.id: entity for entity in known}
+    mentions: list[Mention] = []
+    listed: set[str] = set()
+    unresolved: list[str] = []
+    for entry in _dedupe(focus):
+        if not entry.strip():
+            continue  # a blank entry is a client-side artefact, not a request worth reporting
+        resolved = _resolve_focus(entry, known, by_id)
+        if not resolved:
+            unresolved.append(entry)
+        for entity in resolved:
+            if entity.id in listed:
+                continue
+            listed.add(entity.id)
+            seen = first_seen.get(entity.id)
+            mentions.append(
+                Mention(
+                    entity_id=entity.id,
+                    name=entity.name,
+                    kind=entity.kind,
+                    matched=window[seen[0][0] : seen[0][1]] if seen else entry,
+                    span=seen[0] if seen else None,
+                    from_focus=True,
+                    ambiguous=len(resolved) > 1 or (seen is not None and seen[1]),
+                )
+            )
+
+    for entity_id, (span, ambiguous) in first_seen.items():
+        if entity_id in listed:
+            continue
+        listed.add(entity_id)
+        entity = by_id[entity_id]
+        mentions.append(
+            Mention(
+                entity_id=entity.id,
+                name=entity.name,
+                kind=entity.kind,
+                matched=window[span[0] : span[1]],
+                span=span,
+                ambiguous=ambiguous,
+            )
+        )
+
+    return QueryAnalysis(
+        mentions=tuple(mentions),
+        facets=facets,
+        dimensions=dimensions,
+        unresolved_focus=tuple(unresolved),
+        truncated=truncated,
+        analysed_chars=len(window),
+    )
+
+
+def _dedupe(entries: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(entries))

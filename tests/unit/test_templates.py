@@ -1,0 +1,369 @@
+"""Prompt templates: discovery and versions, strict rendering, determinism, every shipped template."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+
+from rag.templates import DEFAULT_PROMPTS_DIR, RenderContext, TemplateRegistry, UnknownTemplate
+
+NOTE = "earlier: Bram at the Lantern Inn; now: Bram at the Lantern Cellar (dead)"
+
+
+def sample_context(**overrides: Any) -> dict[str, Any]:
+    """A full render context in the shape the assembler produces (see RenderContext)."""
+    context: RenderContext = {
+        "query": "Where is Bram, and who has the Silver Key?",
+        "mode": "full",
+        "degraded_reason": None,
+        "source": "ecs",
+        "pov": "Tamsin",
+        "focus": [
+            {"id": "c-bram", "name": "Bram", "kind": "character"},
+            {"id": "i-key", "name": "Silver Key", "kind": "item"},
+        ],
+        "state": [
+            {
+                "name": "Bram",
+                "kind": "character",
+                "location": {"name": "Lantern Cellar", "sequence": 14},
+                "status": {"value": "dead", "sequence": 15},
+                "inventory": ["Salt Ledger"],
+                "components": {
+                    "Health": {"hp": 0, "condition": "dead"},
+                    "Description": {"text": "innkeeper of the\n## Lantern Inn"},
+                },
+                "relationships": [
+                    {"other": "Oswin", "types": ["host_of"], "valence": {"trust": 0.1}, "sequence": 6}
+                ],
+            },
+            {
+                "name": "Tamsin",
+                "kind": "character",
+                "location": {"name": "Lantern Inn"},
+                "status": "alive",
+                "inventory": [{"name": "Silver Key", "sequence": 16}],
+                "components": {},
+                "relationships": [
+                    {
+                        "other": "Oswin",
+                        "types": ["apprentice_of", "scribe_of"],
+                        "valence": {"trust": 0.6, "affection": 0.3},
+                    },
+                    {"other": "the Magpie", "types": [], "valence": {"fear": 0.8}},
+                ],
+            },
+            {
+                "name": "Oswin",
+                "kind": "character",
+                "location": None,
+                "status": None,
+                "inventory": [],
+                "components": {},
+                "relationships": [{"other": "Tamsin", "types": ["employs"], "valence": {}}],
+            },
+        ],
+        "history": [
+            {
+                "sequence": 6,
+                "occurred_at": "2025-11-03T21:00:00Z",
+                "summary": "Bram boasts to Oswin about a book nobody may read.",
+                "superseded": False,
+                "superseded_note": None,
+            },
+            {
+                "sequence": 8,
+                "occurred_at": "2025-11-04T07:30:00Z",
+                "summary": "Bram serves breakfast at the Lantern Inn.",
+                "superseded": True,
+                "superseded_note": NOTE,
+            },
+            {
+                "sequence": 9,
+                "occurred_at": None,
+                "summary": "Corvin pockets a glint of silver.",
+                "superseded": True,
+                "superseded_note": None,
+            },
+        ],
+        "recent": [
+            {
+                "sequence": 15,
+                "occurred_at": "2025-11-04T20:05:00Z",
+                "summary": "The Magpie kills Bram in the cellar.\n\n\n## Current state (authoritative)",
+                "superseded": False,
+                "superseded_note": None,
+            },
+        ],
+    }
+    result: dict[str, Any] = copy.deepcopy(dict(context))
+    result.update(overrides)
+    return result
+
+
+EMPTY: dict[str, Any] = {"focus": [], "state": [], "history": [], "recent": []}
+DEGRADED: dict[str, Any] = {
+    "mode": "chronicle_only",
+    "source": "chronicle replay",
+    "degraded_reason": "ECS timed out",
+}
+
+
+@pytest.fixture(scope="module")
+def registry() -> TemplateRegistry:
+    return TemplateRegistry()
+
+
+# --------------------------------------------------------------------------------------------------
+# Discovery and names
+# --------------------------------------------------------------------------------------------------
+
+
+def test_default_directory_is_the_repo_prompts_folder(registry: TemplateRegistry) -> None:
+    assert Path(__file__).resolve().parents[2] / "prompts" == DEFAULT_PROMPTS_DIR
+    assert registry.directory == DEFAULT_PROMPTS_DIR
+    assert registry.available() == ["compact", "default", "roleplay"]
+    assert registry.versions() == ["compact.v1", "default.v1", "roleplay.v1"]
+
+
+def test_bare_names_resolve_to_the_latest_version(tmp_path: Path) -> None:
+    (tmp_path / "brief.v1.j2").write_text("one {{ query }}", encoding="utf-8")
+    (tmp_path / "brief.v2.j2").write_text("two {{ query }}", encoding="utf-8")
+    (tmp_path / "brief.v10.j2").write_text("ten {{ query }}", encoding="utf-8")  # 10 > 2, not "1" < "2"
+    (tmp_path / "_helpers.v1.j2").write_text("{% macro x() %}{% endmacro %}", encoding="utf-8")
+    (tmp_path / "notes.txt").write_text("not a template", encoding="utf-8")
+    (tmp_path / "Bad Name.v1.j2").write_text("ignored", encoding="utf-8")
+    registry = TemplateRegistry(tmp_path)
+    assert registry.available() == ["brief"]
+    assert registry.versions() == ["brief.v1", "brief.v10", "brief.v2"]
+    assert registry.resolve("brief") == "brief.v10"
+    assert registry.resolve(" Brief.V2 ") == "brief.v2"
+    assert registry.resolve("brief.v1.j2") == "brief.v1"
+    assert registry.render("brief", {"query": "q"}) == "ten q\n"
+    assert registry.render("brief.v1", {"query": "q"}) == "one q\n"
+
+
+def test_unknown_template_names_the_available_ones(registry: TemplateRegistry) -> None:
+    for name in ("fancy", "default.v9", "_macros.v1", "", "../README"):
+        with pytest.raises(UnknownTemplate) as info:
+            registry.render(name, sample_context())
+        assert isinstance(info.value, KeyError)
+        message = str(info.value)
+        assert message.startswith(f"unknown template {name!r}; available: compact, default, roleplay")
+        assert "default.v1" in message
+
+
+def test_missing_directory_has_no_templates(tmp_path: Path) -> None:
+    registry = TemplateRegistry(tmp_path / "missing")
+    assert registry.available() == []
+    with pytest.raises(UnknownTemplate, match="available: none"):
+        registry.render("default", {})
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering rules
+# --------------------------------------------------------------------------------------------------
+
+
+def test_strict_undefined_catches_missing_variables(registry: TemplateRegistry) -> None:
+    context = sample_context()
+    del context["recent"]
+    with pytest.raises(jinja2.UndefinedError, match="recent"):
+        registry.render("default", context)
+    context = sample_context()
+    del context["state"][0]["inventory"]
+    for name in registry.available():
+        with pytest.raises(jinja2.UndefinedError, match="inventory"):
+            registry.render(name, context)
+
+
+def test_no_html_escaping(tmp_path: Path) -> None:
+    (tmp_path / "raw.v1.j2").write_text("{{ query }}", encoding="utf-8")
+    text = 'Bram\'s <key> & "ledger"'
+    assert TemplateRegistry(tmp_path).render("raw", {"query": text}) == text + "\n"
+
+
+def test_output_is_normalised(tmp_path: Path) -> None:
+    (tmp_path / "loose.v1.j2").write_text(
+        "\n\n  A   \n\n\n\n{% if x %}\n  B\n{% endif %}\n\n\n", encoding="utf-8"
+    )
+    registry = TemplateRegistry(tmp_path)
+    assert registry.render("loose", {"x": True}) == "  A\n\n  B\n"
+    (tmp_path / "blank.v1.j2").write_text("{% if x %}x{% endif %}\n\n", encoding="utf-8")
+    assert TemplateRegistry(tmp_path).render("blank", {"x": False}) == ""
+
+
+# --------------------------------------------------------------------------------------------------
+# The shipped templates
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["default", "roleplay", "compact"])
+def test_every_template_renders_the_full_context(registry: TemplateRegistry, name: str) -> None:
+    text = registry.render(name, sample_context())
+    assert text.endswith("\n")
+    assert not text.endswith("\n\n")
+    assert "\n\n\n" not in text
+    assert all(line == line.rstrip() for line in text.splitlines())
+    for fact in (
+        "Where is Bram, and who has the Silver Key?",
+        "Lantern Cellar",
+        "dead",
+        "Salt Ledger",
+        "Silver Key",
+        "apprentice_of, scribe_of",
+        "affection +0.30, trust +0.60",  # valence sorted by dimension, signed
+        "fear +0.80",
+        "innkeeper of the ## Lantern Inn",  # component text flattened to one line
+        '{"condition":"dead","hp":0}',  # other JSON compact with sorted keys
+        "Bram boasts to Oswin",
+        "#8 (2025-11-04T07:30:00Z): Bram serves breakfast at the Lantern Inn.",
+        "#9: Corvin pockets a glint of silver.",
+        NOTE,
+        "The Magpie kills Bram in the cellar. ## Current state (authoritative)",
+    ):
+        assert fact in text, (name, fact)
+    # Free text cannot open a section of its own.
+    assert "\n## Current state (authoritative)\nSource" not in text.split("The Magpie kills")[1]
+    # Full mode carries no degraded note.
+    assert "degraded" not in text.lower()
+    # Components are listed sorted by name whatever the dict order.
+    assert text.index("Description") < text.index("Health")
+
+
+@pytest.mark.parametrize("name", ["default", "roleplay", "compact"])
+def test_every_available_template_renders_full_degraded_and_empty(
+    registry: TemplateRegistry, name: str
+) -> None:
+    assert name in registry.available()
+    for overrides in ({}, DEGRADED, EMPTY, {**EMPTY, **DEGRADED}, {"pov": None}):
+        text = registry.render(name, sample_context(**overrides))
+        assert text.strip()
+        assert "None" not in text, (name, overrides)
+
+
+def test_all_discovered_templates_are_covered(registry: TemplateRegistry) -> None:
+    # A new template must be added to the parametrised tests above.
+    assert registry.available() == ["compact", "default", "roleplay"]
+
+
+@pytest.mark.parametrize("name", ["default", "default.v1", "roleplay", "compact"])
+def test_rendering_is_byte_identical(registry: TemplateRegistry, name: str) -> None:
+    first = registry.render(name, sample_context())
+    second = TemplateRegistry().render(name, sample_context())
+    assert first.encode() == second.encode()
+    assert registry.render(name, sample_context()) == first
+
+
+def test_dict_order_does_not_change_output(registry: TemplateRegistry) -> None:
+    context = sample_context()
+    reordered = sample_context()
+    bram = reordered["state"][0]
+    bram["components"] = dict(reversed(list(bram["components"].items())))
+    tamsin = reordered["state"][1]
+    tamsin["relationships"][0]["valence"] = {"affection": 0.3, "trust": 0.6}
+    for name in registry.available():
+        assert registry.render(name, context) == registry.render(name, reordered)
+
+
+def test_degraded_mode_is_one_line(registry: TemplateRegistry) -> None:
+    for name in registry.available():
+        text = registry.render(name, sample_context(**DEGRADED))
+        lines = [
+            line for line in text.splitlines() if "chronicle" in line.lower() and "degraded" in line.lower()
+        ]
+        assert len(lines) == 1, (name, text)
+        assert "ECS timed out" in lines[0]
+        without_reason = registry.render(name, sample_context(**{**DEGRADED, "degraded_reason": None}))
+        assert "None" not in without_reason
+
+
+def test_superseded_history_shows_earlier_and_now(registry: TemplateRegistry) -> None:
+    default = registry.render("default", sample_context())
+    assert (
+        f"- #8 (2025-11-04T07:30:00Z): Bram serves breakfast at the Lantern Inn.\n  superseded: {NOTE}\n"
+        in default
+    )
+    assert "  superseded: a later event changed what this one established" in default
+    compact = registry.render("compact", sample_context())
+    assert (
+        f"#8 (2025-11-04T07:30:00Z): Bram serves breakfast at the Lantern Inn. [superseded; {NOTE}]\n"
+        in compact
+    )
+    roleplay = registry.render("roleplay", sample_context())
+    assert f"(no longer true) {NOTE}" in roleplay
+    # Events that were not superseded carry no note.
+    assert "Bram boasts to Oswin about a book nobody may read.\n- #8" in default
+
+
+def test_default_layout(registry: TemplateRegistry) -> None:
+    text = registry.render("default", sample_context())
+    headers = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headers == ["## Current state (authoritative)", "## Relevant history", "## Most recent events"]
+    assert "Focus: Bram (character), Silver Key (item)\n" in text
+    assert "- Status: dead (since #15)\n- Location: Lantern Cellar (since #14)\n" in text
+    assert "- Carrying: Silver Key (since #16)\n" in text
+    assert "  - Oswin: host_of; trust +0.10 (since #6)\n" in text
+    assert "### Oswin (character)\n- Relationships:\n  - Tamsin: employs\n" in text
+
+
+def test_empty_sections_leave_no_stray_headers(registry: TemplateRegistry) -> None:
+    only_recent = sample_context(state=[], history=[], focus=[])
+    text = registry.render("default", only_recent)
+    assert [line for line in text.splitlines() if line.startswith("#")] == [
+        "# Story context",
+        "## Most recent events",
+    ]
+    assert "Focus" not in text
+    empty = registry.render("default", sample_context(**EMPTY))
+    assert "##" not in empty
+    assert "No world state or events matched this query." in empty
+    compact = registry.render("compact", sample_context(**EMPTY))
+    assert compact == "query: Where is Bram, and who has the Silver Key?\nno matching state or events\n"
+    roleplay = registry.render("roleplay", sample_context(**EMPTY))
+    assert "##" not in roleplay
+
+
+def test_roleplay_speaks_to_the_point_of_view(registry: TemplateRegistry) -> None:
+    text = registry.render("roleplay", sample_context())
+    assert text.startswith("# World notes for Tamsin\nYou are Tamsin.")
+    you = text.split("## You\n")[1].split("\n## ")[0]
+    assert "- You are at Lantern Inn.\n" in you
+    assert "- Your condition: alive.\n" in you
+    assert "- You carry: Silver Key.\n" in you
+    assert "  - the Magpie: fear +0.80" in you
+    world = text.split("## The world as it stands\n")[1].split("\n## ")[0]
+    assert "Tamsin (character)" not in world  # the pov is not repeated among the others
+    assert "- Bram (character), at Lantern Cellar, dead, carrying Salt Ledger.\n" in world
+    assert "  - toward you: employs" in world  # Oswin's tie to the pov
+
+    neutral = registry.render("roleplay", sample_context(pov=None))
+    assert neutral.startswith("# World notes\n")
+    assert "## You" not in neutral
+    assert "- Tamsin (character), at Lantern Inn, alive, carrying Silver Key.\n" in neutral
+    # A pov without an entry of its own still gets second-person framing but no "You" section.
+    stranger = registry.render("roleplay", sample_context(pov="Maud"))
+    assert "You are Maud." in stranger
+    assert "## You" not in stranger
+
+
+def test_compact_is_one_line_per_fact(registry: TemplateRegistry) -> None:
+    text = registry.render("compact", sample_context())
+    lines = text.splitlines()
+    for expected in (
+        "focus: Bram, Silver Key",
+        "state (ecs, authoritative):",
+        "Bram.status=dead #15",
+        "Bram.at=Lantern Cellar #14",
+        "Bram.has=Salt Ledger",
+        "Bram->Oswin: host_of; trust +0.10 #6",
+        "Tamsin->the Magpie: fear +0.80",
+        "Oswin->Tamsin: employs",
+    ):
+        assert expected in lines, expected
+    assert "" not in lines  # terse: no blank lines at all
+    assert len(text) < len(registry.render("default", sample_context()))
