@@ -9,7 +9,6 @@ import time
 import uuid
 
 import msgspec
-
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -19,8 +18,8 @@ __all__ = [
     "Caller",
     "KeyCache",
     "caller_for_key",
-    "find_tenant",
     "create_tenant",
+    "find_tenant",
     "hash_key",
     "issue_key",
     "new_key",

@@ -15,6 +15,7 @@ from app.dependencies import provide_admin, provide_caller, provide_services, pr
 from app.errors import exception_handlers
 from app.metrics import Metrics, metrics_endpoint, metrics_middleware
 from app.routes.chronicles import ChronicleController
+from app.routes.context import ContextController
 from app.routes.ecs import AdminEcsController, EcsStatusController
 from app.routes.entities import EntityController
 from app.routes.health import health, ready
@@ -44,6 +45,7 @@ def create_app(settings: Settings, endpoints: Endpoints, *, embedder: Embedder |
             EcsStatusController,
             AdminEcsController,
             EntityController,
+            ContextController,
         ],
         middleware=[metrics_middleware],
         state=State({"metrics": Metrics()}),

@@ -21,6 +21,8 @@ from ecs.projector import Projector
 from ecs.relay import OutboxRelay
 from rag.embedding import Embedder, create_embedder
 from rag.store import claim_embedding_space
+from rag.templates import TemplateRegistry
+from rag.tokens import get_counter
 
 __all__ = ["Services", "build_embedder", "open_services"]
 
@@ -42,6 +44,8 @@ class Services:
         self.ecs_engine = ecs_engine
         self.embedder = embedder
         self.key_cache = KeyCache()
+        self.templates = TemplateRegistry()
+        self.token_counter = get_counter()
         # One thread: the model already uses two intra-op threads, and more would only contend.
         self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self.redis = (

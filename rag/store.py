@@ -34,6 +34,7 @@ __all__ = [
     "get_chronicle",
     "list_chronicles",
     "list_events",
+    "recent_events",
     "recorded_at_of",
 ]
 
@@ -354,3 +355,20 @@ async def recorded_at_of(conn: AsyncConnection, chronicle_id: uuid.UUID, sequenc
             chronicle_events.c.chronicle_id == chronicle_id, chronicle_events.c.sequence == sequence
         )
     )
+
+
+async def recent_events(
+    conn: AsyncConnection, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, up_to: int, limit: int
+) -> list[StoredEvent]:
+    """The last `limit` events at or before sequence `up_to`, newest first."""
+    rows = await conn.execute(
+        select(*_EVENT_COLUMNS)
+        .where(
+            chronicle_events.c.tenant_id == tenant_id,
+            chronicle_events.c.chronicle_id == chronicle_id,
+            chronicle_events.c.sequence <= up_to,
+        )
+        .order_by(chronicle_events.c.sequence.desc())
+        .limit(limit)
+    )
+    return [StoredEvent(**row._mapping) for row in rows]

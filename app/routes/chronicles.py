@@ -11,6 +11,7 @@ from litestar import Controller, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from app.database import translate_database_errors
+from app.dependencies import ServicesDep, TenantId
 from app.errors import bad_parameter, not_found
 from app.pagination import decode_cursor, encode_cursor
 from app.schemas import (
@@ -23,7 +24,6 @@ from app.schemas import (
     IngestResponse,
     IngestResultOut,
 )
-from app.dependencies import ServicesDep, TenantId
 from rag.events import EventBatchIn
 from rag.ingest import ingest_batch
 from rag.store import (

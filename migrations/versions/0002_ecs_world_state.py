@@ -95,7 +95,10 @@ def upgrade() -> None:
         sa.Column("updated_sequence", sa.BigInteger, nullable=False),
     )
     op.create_index("ecs_relationships_reverse_idx", "ecs_relationships", ["to_id", "from_id"])
-    op.create_index("ecs_relationships_chronicle_idx", "ecs_relationships", ["chronicle_id"])
+    # Graph pages walk edges in creation order within a chronicle.
+    op.create_index(
+        "ecs_relationships_chronicle_idx", "ecs_relationships", ["chronicle_id", "created_sequence", "from_id", "to_id"]
+    )
 
     op.create_table(
         "ecs_valence_history",

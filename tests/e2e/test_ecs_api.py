@@ -89,10 +89,11 @@ async def test_background_projection_into_separate_database(separate_ecs, databa
 async def test_ecs_status_is_tenant_scoped(separate_ecs, other_tenant) -> None:
     client, headers, _, _ = separate_ecs
     chronicle = (await client.post("/api/chronicles", json={"title": "mine"}, headers=headers)).json()["id"]
-    assert (await client.get(f"/api/chronicles/{chronicle}/ecs", headers=other_tenant.headers)).status_code == 404
+    assert (
+        await client.get(f"/api/chronicles/{chronicle}/ecs", headers=other_tenant.headers)
+    ).status_code == 404
     fresh = (await client.get(f"/api/chronicles/{chronicle}/ecs", headers=headers)).json()
     assert fresh["checkpoint_sequence"] == 0 and fresh["lag_events"] == 0
-
 
 
 async def test_metrics_expose_projection_lag_parked_and_request_latency(separate_ecs) -> None:
@@ -108,6 +109,6 @@ async def test_metrics_expose_projection_lag_parked_and_request_latency(separate
     assert "lore_projection_parked_chronicles" in body
     assert "lore_ecs_reachable 1.0" in body
     assert (
-        "lore_request_duration_seconds_count{method=\"POST\",route=\"/api/chronicles/{chronicle_id}/events\",status=\"200\"}"
+        'lore_request_duration_seconds_count{method="POST",route="/api/chronicles/{chronicle_id}/events",status="200"}'
         in body
     )

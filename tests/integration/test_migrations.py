@@ -122,7 +122,8 @@ async def test_ecs_tables_in_code_mirror_the_migrations(empty_engine) -> None:
     async with empty_engine.connect() as conn:
         for table in ecs_metadata.sorted_tables:
             rows = await conn.execute(
-                text("SELECT column_name FROM information_schema.columns WHERE table_name = :t"), {"t": table.name}
+                text("SELECT column_name FROM information_schema.columns WHERE table_name = :t"),
+                {"t": table.name},
             )
             assert {r[0] for r in rows} == set(table.columns.keys()), table.name
             assert "tenant_id" in table.columns and "chronicle_id" in table.columns, table.name

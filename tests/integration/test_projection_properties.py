@@ -29,17 +29,32 @@ ITEMS = ["Lamp", "Coin"]
 names = st.sampled_from(PEOPLE)
 effects = st.one_of(
     st.builds(MoveEffect, entity=names, to=st.sampled_from(PLACES)),
-    st.builds(TransferEffect, item=st.sampled_from(ITEMS), to=names,
-              from_=st.one_of(st.none(), names)),  # fmt: skip
+    st.builds(
+        TransferEffect, item=st.sampled_from(ITEMS), to=names, from_=st.one_of(st.none(), names)
+    ),  # fmt: skip
     st.builds(StatusEffect, entity=names, status=st.sampled_from(["alive", "dead", "missing", "weary"])),
-    st.builds(ValenceEffect, from_=names, to=names, dimension=st.sampled_from(["trust", "fear"]),
-              delta=st.floats(-0.7, 0.7, allow_nan=False)),  # fmt: skip
-    st.builds(ValenceEffect, from_=names, to=names, dimension=st.just("trust"),
-              value=st.floats(-2, 2, allow_nan=False)),  # fmt: skip
+    st.builds(
+        ValenceEffect,
+        from_=names,
+        to=names,
+        dimension=st.sampled_from(["trust", "fear"]),
+        delta=st.floats(-0.7, 0.7, allow_nan=False),
+    ),  # fmt: skip
+    st.builds(
+        ValenceEffect,
+        from_=names,
+        to=names,
+        dimension=st.just("trust"),
+        value=st.floats(-2, 2, allow_nan=False),
+    ),  # fmt: skip
     st.builds(RelateEffect, from_=names, to=names, type=st.sampled_from(["ally", "rival"])),
     st.builds(UnrelateEffect, from_=names, to=names, type=st.sampled_from(["ally", "rival"])),
-    st.builds(SetEffect, entity=names, component=st.sampled_from(["health", "mood"]),
-              value=st.one_of(st.builds(dict, hp=st.integers(0, 10)), st.text(max_size=5))),  # fmt: skip
+    st.builds(
+        SetEffect,
+        entity=names,
+        component=st.sampled_from(["health", "mood"]),
+        value=st.one_of(st.builds(dict, hp=st.integers(0, 10)), st.text(max_size=5)),
+    ),  # fmt: skip
     st.builds(UnsetEffect, entity=names, component=st.sampled_from(["health", "mood"])),
     st.builds(AliasEffect, entity=names, alias=st.sampled_from(["the Fox", "Red", "Old One"])),
     st.builds(DestroyEffect, entity=st.sampled_from(ITEMS)),

@@ -24,7 +24,9 @@ from tests.integration.test_concurrent_ingest import hashed_vectors
 async def new_chronicle(engine) -> tuple[uuid.UUID, uuid.UUID]:
     tenant = await make_tenant(engine)
     async with engine.begin() as conn:
-        row = await create_chronicle(conn, tenant.id, title="p", description=None, metadata={}, embedding_model="t")
+        row = await create_chronicle(
+            conn, tenant.id, title="p", description=None, metadata={}, embedding_model="t"
+        )
     return tenant.id, row.id
 
 
@@ -36,13 +38,21 @@ async def ingest(engine, tenant_id, chronicle_id, events) -> None:
 async def entity_named(engine, chronicle_id, name: str) -> dict:
     async with engine.connect() as conn:
         row = (
-            await conn.execute(
-                select(ecs_entities).where(ecs_entities.c.chronicle_id == chronicle_id, ecs_entities.c.name == name)
+            (
+                await conn.execute(
+                    select(ecs_entities).where(
+                        ecs_entities.c.chronicle_id == chronicle_id, ecs_entities.c.name == name
+                    )
+                )
             )
-        ).mappings().one()
+            .mappings()
+            .one()
+        )
         components = {
             r.type: r
-            for r in (await conn.execute(select(ecs_components).where(ecs_components.c.entity_id == row["id"])))
+            for r in (
+                await conn.execute(select(ecs_components).where(ecs_components.c.entity_id == row["id"]))
+            )
         }
     return {"row": row, "components": components}
 
@@ -67,7 +77,8 @@ async def test_sample_story_projects_to_the_hand_computed_state(engine) -> None:
     async with engine.connect() as conn:
         trust = await conn.scalar(
             select(ecs_relationships.c.valence["trust"].as_float()).where(
-                ecs_relationships.c.from_id == oswin["row"]["id"], ecs_relationships.c.to_id == corvin["row"]["id"]
+                ecs_relationships.c.from_id == oswin["row"]["id"],
+                ecs_relationships.c.to_id == corvin["row"]["id"],
             )
         )
     assert trust == pytest.approx(-0.8)
@@ -94,7 +105,9 @@ async def test_incremental_batches_equal_one_replay_and_outbox_rows_are_written(
         )).all()  # fmt: skip
     sequences = [row.sequence for row in outbox]
     assert sequences == sorted(sequences) and set(sequences) <= set(range(1, 41))
-    assert {"entity_created", "component_set", "valence_changed", "alias_added"} <= {r.change_type for r in outbox}
+    assert {"entity_created", "component_set", "valence_changed", "alias_added"} <= {
+        r.change_type for r in outbox
+    }
 
 
 async def test_concurrent_projectors_never_double_apply(engine) -> None:
@@ -107,9 +120,13 @@ async def test_concurrent_projectors_never_double_apply(engine) -> None:
     assert sum(w.stats.events_applied for w in workers) == 40
     async with engine.connect() as conn:
         valence_rows = await conn.scalar(
-            select(func.count()).select_from(ecs_valence_history).where(ecs_valence_history.c.chronicle_id == chronicle_id)
+            select(func.count())
+            .select_from(ecs_valence_history)
+            .where(ecs_valence_history.c.chronicle_id == chronicle_id)
         )
-    story_valence = sum(1 for e in load_sample_story() for f in e.effects if type(f).__name__ == "ValenceEffect")
+    story_valence = sum(
+        1 for e in load_sample_story() for f in e.effects if type(f).__name__ == "ValenceEffect"
+    )
     assert valence_rows == story_valence
     result = await verify_chronicle(engine, engine, chronicle_id)
     assert result is not None and result.ok
@@ -126,7 +143,9 @@ async def test_verify_reports_tampering_and_rebuild_repairs_it(engine) -> None:
             .where(ecs_components.c.entity_id == bram["row"]["id"], ecs_components.c.type == "status")
             .values(data={"value": "alive"}, status="alive")
         )
-        await conn.execute(ecs_entities.update().where(ecs_entities.c.id == bram["row"]["id"]).values(kind="item"))
+        await conn.execute(
+            ecs_entities.update().where(ecs_entities.c.id == bram["row"]["id"]).values(kind="item")
+        )
     result = await verify_chronicle(engine, engine, chronicle_id)
     assert result is not None and not result.ok
     found = {(d.entity, d.component, d.field, str(d.stored), str(d.expected)) for d in result.differences}
@@ -146,7 +165,9 @@ async def test_verify_reports_tampering_and_rebuild_repairs_it(engine) -> None:
 
 async def test_failing_event_is_retried_then_parked_and_resumed(engine) -> None:
     tenant_id, chronicle_id = await new_chronicle(engine)
-    await ingest(engine, tenant_id, chronicle_id, [EventIn(summary=f"calm {i}", actors=["Ina"]) for i in range(3)])
+    await ingest(
+        engine, tenant_id, chronicle_id, [EventIn(summary=f"calm {i}", actors=["Ina"]) for i in range(3)]
+    )
     await ingest(engine, tenant_id, chronicle_id, [EventIn(summary="the cursed event", actors=["Ina"])])
     await ingest(engine, tenant_id, chronicle_id, [EventIn(summary="after", actors=["Ina"], location="Hall")])
     broken = {"on": True}
@@ -156,7 +177,9 @@ async def test_failing_event_is_retried_then_parked_and_resumed(engine) -> None:
             raise RuntimeError("reducer bug on this event")
         return apply_event(state, event)
 
-    projector = Projector(engine, engine, batch_size=10, max_attempts=3, backoff_base_seconds=0.0, reducer=reducer)
+    projector = Projector(
+        engine, engine, batch_size=10, max_attempts=3, backoff_base_seconds=0.0, reducer=reducer
+    )
     for _ in range(5):
         await projector.catch_up(chronicle_id)
     async with engine.connect() as conn:

@@ -803,8 +803,11 @@ json_value = st.recursive(
     | st.booleans()
     | st.integers(-5, 5)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    | st.text(st.characters(exclude_characters="\x00"), max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(st.characters(exclude_characters="\x00"), max_size=4), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 component_value = st.one_of(
@@ -813,7 +816,9 @@ component_value = st.one_of(
     st.tuples(st.just("traits"), st.lists(st.sampled_from(["brave", "Brave", "sly"]), max_size=3)),
     st.tuples(st.just("position"), name),
     st.tuples(st.just("holder"), name),
-    st.tuples(st.just("description"), st.text(min_size=1, max_size=10)),
+    st.tuples(
+        st.just("description"), st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=10)
+    ),
     st.tuples(label, json_value),
 )
 

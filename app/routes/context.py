@@ -1,0 +1,148 @@
+"""Context bundles: `POST /api/chronicles/{id}/context`."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Annotated, Literal
+
+import msgspec
+from litestar import Controller, Response, post
+from litestar.params import FromPath, JSONBody
+
+from app.database import translate_database_errors
+from app.dependencies import ServicesDep, TenantId
+from app.errors import FieldError, ProblemError, not_found
+from app.services import Services
+from ecs.state_source import ChronicleReplayStateSource, EcsStateSource
+from rag.context import Bundle, ContextRequest, StateSource, assemble_context
+from rag.presets import PRESETS, get_preset
+from rag.store import get_chronicle
+from rag.templates import UnknownTemplate
+
+__all__ = ["ContextController", "ContextIn"]
+
+log = logging.getLogger("lore.context")
+
+FocusName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class ContextIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    query: Annotated[str, msgspec.Meta(max_length=8_000)]
+    focus: Annotated[list[FocusName], msgspec.Meta(max_length=20)] = []
+    max_tokens: Annotated[int, msgspec.Meta(ge=16, le=100_000)] = 1_500
+    preset: Annotated[str, msgspec.Meta(max_length=50)] = "default"
+    format: Literal["json", "text", "both"] = "both"
+    template: Annotated[str, msgspec.Meta(max_length=100)] = "default"
+    pov: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    as_of_sequence: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    mode: Literal["auto", "full", "chronicle_only"] = "auto"
+    """auto: full unless ECS is unhealthy; chronicle_only forces degraded mode (evaluation baselines)."""
+    retrieval: Literal["hybrid", "vector", "lexical"] = "hybrid"
+    include_state: bool = True
+    """False gives retrieval only, no state (the evaluation harness's `hybrid` baseline)."""
+
+
+def _invalid(field: str, message: str) -> ProblemError:
+    return ProblemError(422, "Invalid request", f"{field}: {message}", problem_type="invalid-request",
+                        errors=[FieldError(field=field, message=message)])  # fmt: skip
+
+
+async def build_bundle(
+    services: Services, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, data: ContextIn
+) -> Bundle:
+    try:
+        preset = get_preset(data.preset)
+    except KeyError:
+        raise _invalid(
+            "preset", f"unknown preset {data.preset!r}; available: {', '.join(sorted(PRESETS))}"
+        ) from None
+    try:
+        services.templates.resolve(data.template)
+    except UnknownTemplate as error:
+        raise _invalid("template", str(error).strip("'\"")) from None
+    async with translate_database_errors(), services.engine.connect() as conn:
+        chronicle = await get_chronicle(conn, tenant_id, chronicle_id)
+    if chronicle is None:
+        raise not_found("chronicle", chronicle_id)
+
+    source: StateSource
+    mode: Literal["full", "chronicle_only"] = "full"
+    reason = None
+    if data.mode == "chronicle_only":
+        source, mode, reason = _replay(services, tenant_id, chronicle_id), "chronicle_only", "requested"
+    else:
+        source = EcsStateSource(
+            services.engine,
+            services.ecs_engine,
+            tenant_id,
+            chronicle_id,
+            cache=getattr(services, "cache", None),
+        )
+    request = ContextRequest(
+        tenant_id=tenant_id,
+        chronicle_id=chronicle_id,
+        query=data.query,
+        focus=list(data.focus),
+        max_tokens=data.max_tokens,
+        preset=preset,
+        template=data.template,
+        pov=data.pov,
+        as_of_sequence=data.as_of_sequence,
+        retrieval_mode=data.retrieval,
+        include_state=data.include_state,
+    )
+
+    async def assemble(state_source: StateSource, bundle_mode: Literal["full", "chronicle_only"],
+                       why: str | None) -> Bundle:  # fmt: skip
+        return await assemble_context(
+            services.engine, request, chronicle_sequence=chronicle.last_sequence, state_source=state_source,
+            mode=bundle_mode, degraded_reason=why, embed=services.embed, counter=services.token_counter,
+            templates=services.templates,
+        )  # fmt: skip
+
+    async with translate_database_errors():
+        if mode == "chronicle_only":
+            return await assemble(source, mode, reason)
+        try:
+            return await assemble(source, "full", None)
+        except Exception as error:
+            if not _is_ecs_failure(error):
+                raise
+            log.warning("ECS unavailable for context of %s, using chronicle replay: %s", chronicle_id, error)
+            return await assemble(_replay(services, tenant_id, chronicle_id), "chronicle_only",
+                                  f"ECS unavailable: {type(error).__name__}")  # fmt: skip
+
+
+def _replay(services: Services, tenant_id: uuid.UUID, chronicle_id: uuid.UUID) -> ChronicleReplayStateSource:
+    return ChronicleReplayStateSource(services.engine, tenant_id, chronicle_id)
+
+
+def _is_ecs_failure(error: Exception) -> bool:
+    from rag.outages import is_unavailable_error
+
+    return is_unavailable_error(error)
+
+
+class ContextController(Controller):
+    path = "/api/chronicles"
+    tags = ["context"]  # noqa: RUF012 - Litestar reads these as class attributes
+
+    @post(
+        "/{chronicle_id:uuid}/context",
+        summary="A token-budgeted context bundle: current state plus relevant history",
+        status_code=200,
+    )
+    async def context(
+        self,
+        chronicle_id: FromPath[uuid.UUID],
+        data: JSONBody[ContextIn],
+        services: ServicesDep,
+        tenant_id: TenantId,
+    ) -> Response[bytes]:
+        bundle = await build_bundle(services, tenant_id, chronicle_id, data)
+        if data.format == "text":
+            return Response(bundle.text.encode(), media_type="text/plain; charset=utf-8")
+        if data.format == "json":
+            bundle = msgspec.structs.replace(bundle, text="")
+        return Response(msgspec.json.encode(bundle), media_type="application/json")

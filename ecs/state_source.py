@@ -1,0 +1,364 @@
+"""State sources for context bundles: the ECS tables, or a replay of the chronicle.
+
+`EcsStateSource` reads the projected state (through the entity cache when there is one).
+`ChronicleReplayStateSource` is degraded mode: it folds the most recent events of the focus
+entities through the same pure reducer, bounded per entity, so "where is X now" is still answered
+from the authoritative log when ECS storage is unavailable.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ecs.cache import EntityCache
+from ecs.components import Holder, Position, Status
+from ecs.projector import replay_stored, to_chronicle_event
+from ecs.queries import complete_view, get_entity_core
+from ecs.reducer import Entity, Provenance, WorldState, apply_event, location_of
+from ecs.repository import read_checkpoint
+from ecs.schema import ecs_components, ecs_entities
+from rag.context import EntityState, Fact, RelationFact
+from rag.events import normalize_name
+from rag.query_analysis import KnownEntity
+from rag.schema import chronicle_events
+from rag.store import EventFilters, StoredEvent, list_events
+
+__all__ = ["ChronicleReplayStateSource", "EcsStateSource", "state_from_world"]
+
+_HOT = ("position", "holder", "status")
+KNOWN_ENTITY_LIMIT = 5_000
+
+
+def _fact(value: Any, provenance: Provenance | None) -> Fact:
+    if provenance is None:
+        return Fact(value=value)
+    return Fact(value=value, sequence=provenance.sequence, event_id=provenance.event_id)
+
+
+def state_from_world(state: WorldState, entity_id: str) -> EntityState | None:
+    """An entity's current state, with provenance, from a reducer state (replay or as-of)."""
+    entity = state.entities.get(entity_id)
+    if entity is None:
+        return None
+    holder_component = entity.get(Holder)
+    status_component = entity.get(Status)
+    location_id = location_of(state, entity_id)
+    location_source = _location_provenance(state, entity)
+    inventory = sorted(
+        (e for e in state.entities.values() if (h := e.get(Holder)) is not None and h.holder == entity_id),
+        key=lambda e: (e.created_sequence, e.id),
+    )
+    relationships = []
+    for record in sorted(
+        state.relationships.values(), key=lambda r: (r.created_sequence, r.from_id, r.to_id)
+    ):
+        if entity_id not in (record.from_id, record.to_id):
+            continue
+        outgoing = record.from_id == entity_id
+        other = state.entities[record.to_id if outgoing else record.from_id]
+        latest = max(record.provenance.values(), key=lambda p: p.sequence, default=None)
+        relationships.append(
+            RelationFact(
+                other_id=other.id,
+                other=other.name,
+                direction="outgoing" if outgoing else "incoming",
+                types=sorted(record.types),
+                valence={k: record.valence[k] for k in sorted(record.valence)},
+                sequence=record.updated_sequence,
+                event_id=latest.event_id if latest is not None else None,
+            )
+        )
+    return EntityState(
+        id=entity.id,
+        name=entity.name,
+        kind=entity.kind,
+        aliases=list(entity.aliases),
+        location=None if location_id is None else _fact(state.entities[location_id].name, location_source),
+        location_id=location_id,
+        status=None
+        if status_component is None
+        else _fact(status_component.value, entity.provenance.get("status")),
+        holder=None
+        if holder_component is None
+        else _fact(state.entities[holder_component.holder].name, entity.provenance.get("holder")),
+        inventory=[_fact(item.name, item.provenance.get("holder")) for item in inventory],
+        components={
+            name: _fact(_plain(value), entity.provenance.get(name))
+            for name, value in sorted(entity.components.items())
+            if name not in _HOT
+        },
+        relationships=relationships,
+    )
+
+
+def _location_provenance(state: WorldState, entity: Entity) -> Provenance | None:
+    """Where the current location came from: its own position, or its holder's (held items)."""
+    seen: set[str] = set()
+    current: Entity | None = entity
+    while current is not None and current.id not in seen:
+        seen.add(current.id)
+        if current.get(Position) is not None:
+            return current.provenance.get("position")
+        holder = current.get(Holder)
+        current = state.entities.get(holder.holder) if holder is not None else None
+    return None
+
+
+def _plain(value: Any) -> Any:
+    return msgspec.to_builtins(value)
+
+
+class EcsStateSource:
+    label = "ecs"
+
+    def __init__(
+        self,
+        chronicle_engine: AsyncEngine,
+        ecs_engine: AsyncEngine,
+        tenant_id: uuid.UUID,
+        chronicle_id: uuid.UUID,
+        *,
+        cache: EntityCache | None = None,
+    ) -> None:
+        self.chronicle_engine = chronicle_engine
+        self.ecs_engine = ecs_engine
+        self.tenant_id = tenant_id
+        self.chronicle_id = chronicle_id
+        self.cache = cache
+        self._position: int | None = None
+
+    async def known_entities(self) -> list[KnownEntity]:
+        async with self.ecs_engine.connect() as conn:
+            rows = await conn.execute(
+                select(ecs_entities.c.id, ecs_entities.c.name, ecs_entities.c.aliases, ecs_entities.c.kind)
+                .where(
+                    ecs_entities.c.tenant_id == self.tenant_id,
+                    ecs_entities.c.chronicle_id == self.chronicle_id,
+                )
+                .order_by(ecs_entities.c.created_sequence, ecs_entities.c.id)
+                .limit(KNOWN_ENTITY_LIMIT)
+            )
+            return [
+                KnownEntity(id=str(r.id), name=r.name, aliases=list(r.aliases), kind=r.kind) for r in rows
+            ]
+
+    async def position(self) -> int | None:
+        if self._position is None:
+            async with self.ecs_engine.connect() as conn:
+                checkpoint = await read_checkpoint(conn, self.chronicle_id)
+            self._position = checkpoint.last_sequence if checkpoint is not None else 0
+        return self._position
+
+    async def entity_states(self, entity_ids: Sequence[str], as_of_sequence: int | None) -> list[EntityState]:
+        if not entity_ids:
+            return []
+        position = await self.position()
+        if as_of_sequence is not None and as_of_sequence < (position or 0):
+            return await self._replayed(entity_ids, as_of_sequence)
+        states = []
+        async with self.ecs_engine.connect() as conn:
+            for raw_id in entity_ids:
+                entity_id = uuid.UUID(raw_id)
+                core = await self.cache.get(self.tenant_id, entity_id) if self.cache is not None else None
+                if core is None:
+                    core = await get_entity_core(conn, self.tenant_id, entity_id)
+                if core is None:
+                    continue
+                view = await complete_view(conn, core)
+                related = [entity_id, *(i.id for i in view.inventory)]
+                if view.location is not None:
+                    related.append(view.location.id)
+                provenance = await self._provenance(conn, related)
+                states.append(self._from_view(view, provenance))
+        return states
+
+    async def _provenance(
+        self, conn: Any, entity_ids: list[uuid.UUID]
+    ) -> dict[tuple[uuid.UUID, str], Provenance]:
+        rows = await conn.execute(
+            select(ecs_components.c.entity_id, ecs_components.c.type, ecs_components.c.sequence,
+                   ecs_components.c.event_id)
+            .where(ecs_components.c.entity_id.in_(entity_ids))
+        )  # fmt: skip
+        return {(r.entity_id, r.type): Provenance(r.sequence, str(r.event_id)) for r in rows}
+
+    @staticmethod
+    def _from_view(view: Any, provenance: dict[tuple[uuid.UUID, str], Provenance]) -> EntityState:
+        own = {name: provenance.get((view.id, name)) for name in view.components}
+        if view.holder is not None:
+            location_source = own.get("holder")
+        else:
+            location_source = own.get("position")
+        return EntityState(
+            id=str(view.id),
+            name=view.name,
+            kind=view.kind,
+            aliases=list(view.aliases),
+            location=None if view.location is None else _fact(view.location.name, location_source),
+            location_id=None if view.location is None else str(view.location.id),
+            status=None if view.status is None else _fact(view.status, own.get("status")),
+            holder=None if view.holder is None else _fact(view.holder.name, own.get("holder")),
+            inventory=[_fact(i.name, provenance.get((i.id, "holder"))) for i in view.inventory],
+            components={
+                name: _fact(value, own.get(name))
+                for name, value in sorted(view.components.items())
+                if name not in _HOT
+            },
+            relationships=[
+                RelationFact(
+                    other_id=str(r.other.id),
+                    other=r.other.name,
+                    direction=r.direction,
+                    types=sorted(t.type for t in r.types),
+                    valence={k: r.valence[k] for k in sorted(r.valence)},
+                    sequence=r.updated_sequence,
+                )
+                for r in view.relationships
+            ],
+        )
+
+    async def _replayed(self, entity_ids: Sequence[str], as_of_sequence: int) -> list[EntityState]:
+        events = await _events_up_to(self.chronicle_engine, self.tenant_id, self.chronicle_id, as_of_sequence)
+        state, _, _ = replay_stored(events, self.chronicle_id)
+        return [s for i in entity_ids if (s := state_from_world(state, i)) is not None]
+
+
+async def _events_up_to(
+    engine: AsyncEngine, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, up_to: int
+) -> list[StoredEvent]:
+    events: list[StoredEvent] = []
+    after = 0
+    async with engine.connect() as conn:
+        while True:
+            page = await list_events(
+                conn,
+                tenant_id,
+                chronicle_id,
+                EventFilters(to_sequence=up_to),
+                after_sequence=after,
+                limit=5_000,
+            )
+            events += page
+            if len(page) < 5_000:
+                return events
+            after = page[-1].sequence
+
+
+class ChronicleReplayStateSource:
+    """Degraded mode: state of the focus entities replayed from their most recent events.
+
+    Entities are identified by their normalized name here (there is no ECS id to use). Replay is
+    bounded: the last `events_per_entity` events that involve each focus entity, then stop.
+    """
+
+    label = "chronicle replay"
+
+    def __init__(
+        self,
+        chronicle_engine: AsyncEngine,
+        tenant_id: uuid.UUID,
+        chronicle_id: uuid.UUID,
+        *,
+        events_per_entity: int = 200,
+        scan_events: int = 5_000,
+    ) -> None:
+        self.engine = chronicle_engine
+        self.tenant_id = tenant_id
+        self.chronicle_id = chronicle_id
+        self.events_per_entity = events_per_entity
+        self.scan_events = scan_events
+
+    async def position(self) -> int | None:
+        return None
+
+    async def known_entities(self) -> list[KnownEntity]:
+        """Names seen as actors, locations and effect targets in the recent chronicle."""
+        names: dict[str, KnownEntity] = {}
+        aliases: dict[str, set[str]] = {}
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(chronicle_events.c.actors, chronicle_events.c.location, chronicle_events.c.effects)
+                .where(
+                    chronicle_events.c.tenant_id == self.tenant_id,
+                    chronicle_events.c.chronicle_id == self.chronicle_id,
+                )
+                .order_by(chronicle_events.c.sequence.desc())
+                .limit(self.scan_events)
+            )
+            for actors, location, effects in rows:
+                for actor in actors:
+                    names.setdefault(normalize_name(actor["name"]), KnownEntity(id="", name=actor["name"]))
+                if location:
+                    names.setdefault(
+                        normalize_name(location), KnownEntity(id="", name=location, kind="location")
+                    )
+                for effect in effects:
+                    if effect.get("op") == "alias":
+                        aliases.setdefault(normalize_name(effect["entity"]), set()).add(effect["alias"])
+                    for field, kind in (("entity", "character"), ("item", "item"), ("to", "character")):
+                        value = effect.get(field)
+                        if isinstance(value, str) and effect.get("op") != "valence":
+                            names.setdefault(normalize_name(value), KnownEntity(id="", name=value, kind=kind))
+        alias_keys = {normalize_name(a) for group in aliases.values() for a in group}
+        known = []
+        for key, entity in sorted(names.items()):
+            if key in alias_keys and key not in aliases:
+                continue  # an alias is a name of another entity, not an entity of its own
+            known.append(
+                KnownEntity(id=key, name=entity.name, aliases=sorted(aliases.get(key, ())), kind=entity.kind)
+            )
+        return known
+
+    async def entity_states(self, entity_ids: Sequence[str], as_of_sequence: int | None) -> list[EntityState]:
+        """`entity_ids` are normalized names (from `known_entities`)."""
+        if not entity_ids:
+            return []
+        known = {k.id: k for k in await self.known_entities()}
+        states = []
+        async with self.engine.connect() as conn:
+            for key in entity_ids:
+                entity = known.get(key)
+                keys = sorted({key, *(normalize_name(a) for a in entity.aliases)} if entity else {key})
+                conditions = [
+                    chronicle_events.c.tenant_id == self.tenant_id,
+                    chronicle_events.c.chronicle_id == self.chronicle_id,
+                    chronicle_events.c.entity_keys.overlap(keys),
+                ]
+                if as_of_sequence is not None:
+                    conditions.append(chronicle_events.c.sequence <= as_of_sequence)
+                sequences = [
+                    r[0]
+                    for r in await conn.execute(
+                        select(chronicle_events.c.sequence)
+                        .where(*conditions)
+                        .order_by(chronicle_events.c.sequence.desc())
+                        .limit(self.events_per_entity)
+                    )
+                ]
+                if not sequences:
+                    continue
+                events = await list_events(
+                    conn, self.tenant_id, self.chronicle_id,
+                    EventFilters(from_sequence=min(sequences), to_sequence=max(sequences)),
+                    after_sequence=0, limit=len(sequences) * 50 + 100,
+                )  # fmt: skip
+                wanted = set(sequences)
+                world = WorldState(chronicle_id=str(self.chronicle_id))
+                for event in events:
+                    if event.sequence in wanted:
+                        apply_event(world, to_chronicle_event(event))
+                entity_id = world.names.get(key) or next(
+                    (world.names[k] for k in keys if k in world.names), None
+                )
+                if entity_id is None:
+                    continue
+                state = state_from_world(world, entity_id)
+                if state is not None:
+                    states.append(msgspec.structs.replace(state, id=key))
+        return states

@@ -1,0 +1,545 @@
+"""The context assembler: what happened (retrieval) plus how things stand now (state), in budget.
+
+It receives current state through the small `StateSource` protocol defined here, so `rag` knows
+nothing about where state comes from: the ECS tables, or a replay of the chronicle when ECS is
+unavailable (degraded mode). Current state always wins over history: a retrieved event whose fact
+was later superseded is marked so, and rendered as "earlier: ... now: ...".
+
+Budget: the rendered text is counted with the chosen token counter, and the bundle is shrunk until
+it fits: history is cut first (lowest score first), then the recent events (oldest first); pinned
+state is never dropped, and only if it alone exceeds the budget is the text truncated (said in the
+manifest). Ordering is deterministic, so the same chronicle state and request give byte-identical
+text and prompt caches keep hitting.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, Protocol
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from rag.events import normalize_name
+from rag.presets import RetrievalPreset
+from rag.query_analysis import KnownEntity, QueryAnalysis, analyse_query
+from rag.retrieval import RetrievalQuery, RetrievedEvent, retrieve, sources_for_mode
+from rag.store import EventFilters, StoredEvent, list_events, recent_events
+from rag.templates import TemplateRegistry
+from rag.tokens import TokenCounter
+
+__all__ = [
+    "Bundle",
+    "ContextRequest",
+    "EntityState",
+    "Fact",
+    "HistoryItem",
+    "Manifest",
+    "RelationFact",
+    "StateSource",
+    "assemble_context",
+]
+
+Mode = Literal["full", "chronicle_only"]
+RECENT_EVENTS = 5
+
+
+class Fact(msgspec.Struct, frozen=True, kw_only=True):
+    """One fact of current state, with the event that established it."""
+
+    value: Any
+    sequence: int | None = None
+    event_id: str | None = None
+
+
+class RelationFact(msgspec.Struct, frozen=True, kw_only=True):
+    other_id: str
+    other: str
+    direction: Literal["outgoing", "incoming"]
+    types: list[str]
+    valence: dict[str, float]
+    sequence: int | None = None
+    event_id: str | None = None
+
+
+class EntityState(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    kind: str
+    aliases: list[str] = []
+    location: Fact | None = None
+    """value: the location's name."""
+    location_id: str | None = None
+    status: Fact | None = None
+    holder: Fact | None = None
+    inventory: list[Fact] = []
+    """value: each held item's name."""
+    components: dict[str, Fact] = {}
+    relationships: list[RelationFact] = []
+
+
+class StateSource(Protocol):
+    """Where current state comes from (ECS, or a replay of the chronicle)."""
+
+    label: str
+    """"ecs" or "chronicle replay"; rendered so the LLM knows how much to trust it."""
+
+    async def known_entities(self) -> list[KnownEntity]: ...
+
+    async def entity_states(
+        self, entity_ids: Sequence[str], as_of_sequence: int | None
+    ) -> list[EntityState]: ...
+
+    async def position(self) -> int | None:
+        """The last chronicle sequence this state reflects."""
+        ...
+
+
+class ContextRequest(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: uuid.UUID
+    chronicle_id: uuid.UUID
+    query: str
+    focus: list[str] = []
+    max_tokens: int = 1_500
+    preset: RetrievalPreset
+    template: str = "default"
+    pov: str | None = None
+    as_of_sequence: int | None = None
+    retrieval_mode: str = "hybrid"
+    """hybrid (all sources), vector, lexical: the evaluation harness's baselines."""
+    include_state: bool = True
+
+
+class HistoryItem(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    sequence: int
+    external_id: str | None
+    occurred_at: dt.datetime | None
+    kind: str
+    summary: str
+    location: str | None
+    actors: list[str]
+    score: float | None = None
+    why: list[str] = []
+    superseded: bool = False
+    superseded_note: str | None = None
+
+
+class Omitted(msgspec.Struct, frozen=True, kw_only=True):
+    section: str
+    id: str | None = None
+    sequence: int | None = None
+    reason: str
+
+
+class Manifest(msgspec.Struct, frozen=True, kw_only=True):
+    included: dict[str, int]
+    omitted: list[Omitted]
+    truncated: bool
+    token_counter: str
+    template: str
+    preset: str
+    facets: list[str]
+    unresolved_focus: list[str]
+
+
+class Bundle(msgspec.Struct, frozen=True, kw_only=True):
+    mode: Mode
+    degraded_reason: str | None
+    state_source: str
+    chronicle_sequence: int
+    ecs_sequence: int | None
+    focus: list[dict[str, str]]
+    state: list[EntityState]
+    history: list[HistoryItem]
+    recent: list[HistoryItem]
+    manifest: Manifest
+    token_count: int
+    max_tokens: int
+    text: str
+    timings_ms: dict[str, float]
+
+
+EmbedQuery = Callable[[list[str]], Awaitable[list[list[float]]]]
+
+
+async def assemble_context(
+    engine: AsyncEngine,
+    request: ContextRequest,
+    *,
+    chronicle_sequence: int,
+    state_source: StateSource | None,
+    mode: Mode,
+    degraded_reason: str | None,
+    embed: EmbedQuery,
+    counter: TokenCounter,
+    templates: TemplateRegistry,
+) -> Bundle:
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    t = time.perf_counter()
+    known = await state_source.known_entities() if state_source is not None else []
+    analysis = analyse_query(request.query, known, request.focus)
+    timings["analyse"] = _ms(t)
+
+    focus_ids = list(dict.fromkeys(m.entity_id for m in analysis.mentions))
+    by_id = {k.id: k for k in known}
+    focus_keys = sorted(
+        {normalize_name(n) for i in focus_ids if i in by_id for n in (by_id[i].name, *by_id[i].aliases)}
+    )
+
+    t = time.perf_counter()
+    sources = sources_for_mode(request.retrieval_mode)
+    vector = None
+    if "vector" in sources and request.query.strip():
+        vector = (await embed([request.query]))[0]
+    timings["embed"] = _ms(t)
+
+    t = time.perf_counter()
+    pov_state: EntityState | None = None
+    states: list[EntityState] = []
+    if state_source is not None and request.include_state:
+        wanted = list(focus_ids)
+        pov_id = _resolve(request.pov, known) if request.pov else None
+        if pov_id is not None and pov_id not in wanted:
+            wanted.append(pov_id)
+        fetched = {s.id: s for s in await state_source.entity_states(wanted, request.as_of_sequence)}
+        states = [fetched[i] for i in focus_ids if i in fetched]
+        pov_state = fetched.get(pov_id) if pov_id else None
+    timings["state"] = _ms(t)
+
+    t = time.perf_counter()
+    pov_keys = _pov_keys(request.pov, known)
+    async with engine.begin() as conn:
+        result = await retrieve(
+            conn,
+            RetrievalQuery(
+                tenant_id=request.tenant_id,
+                chronicle_id=request.chronicle_id,
+                text=request.query,
+                query_vector=vector,
+                entity_keys=focus_keys,
+                as_of_sequence=request.as_of_sequence,
+                sources=sources,
+            ),
+            request.preset if not pov_keys else _widened(request.preset),
+        )
+        upto = request.as_of_sequence if request.as_of_sequence is not None else chronicle_sequence
+        recent_rows = await recent_events(conn, request.tenant_id, request.chronicle_id, upto, RECENT_EVENTS)
+        witnessed: set[int] | None = None
+        if pov_keys:
+            witnessed = await _knowable_sequences(conn, request, pov_keys, upto)
+    timings["retrieve"] = _ms(t)
+    retrieved = [] if result is None else list(result.events)
+
+    t = time.perf_counter()
+    omitted: list[Omitted] = []
+    if witnessed is not None:
+        kept = [e for e in retrieved if e.sequence in witnessed]
+        omitted += [
+            Omitted(section="history", id=str(e.event_id), sequence=e.sequence, reason="pov cannot know it")
+            for e in retrieved if e.sequence not in witnessed
+        ]  # fmt: skip
+        retrieved = kept[: request.preset.top_k]
+        recent_rows = [e for e in recent_rows if e.sequence in witnessed]
+    recent_ids = {e.id for e in recent_rows}
+    history = [_history_item(e, states) for e in retrieved if e.event_id not in recent_ids]
+    recent = [_stored_item(e, states) for e in sorted(recent_rows, key=lambda e: e.sequence)]
+    timings["supersede"] = _ms(t)
+
+    t = time.perf_counter()
+    render_base = {
+        "query": request.query,
+        "mode": mode,
+        "degraded_reason": degraded_reason,
+        "source": state_source.label if state_source is not None else "none",
+        "pov": pov_state.name if pov_state is not None else request.pov,
+        "focus": [{"id": s.id, "name": s.name, "kind": s.kind} for s in states],
+        "state": [_state_view(s) for s in states],
+    }
+    # Keep history by score; render it in chronological order.
+    by_score = sorted(history, key=lambda h: (-(h.score or 0.0), h.sequence))
+
+    def render(n_history: int, n_recent: int) -> str:
+        chosen = sorted(by_score[:n_history], key=lambda h: h.sequence)
+        kept_recent = recent[len(recent) - n_recent :] if n_recent else []
+        return templates.render(
+            request.template,
+            {**render_base, "history": [_event_view(h) for h in chosen],
+             "recent": [_event_view(h) for h in kept_recent]},
+        )  # fmt: skip
+
+    n_history, n_recent = len(by_score), len(recent)
+    text = render(n_history, n_recent)
+    if counter.count(text) > request.max_tokens:
+        n_history = _largest_fitting(lambda n: render(n, n_recent), n_history, counter, request.max_tokens)
+        text = render(n_history, n_recent)
+    if counter.count(text) > request.max_tokens:
+        n_recent = _largest_fitting(lambda n: render(0, n), n_recent, counter, request.max_tokens)
+        text = render(0, n_recent)
+    truncated = False
+    if counter.count(text) > request.max_tokens:
+        text = counter.truncate(text, request.max_tokens)
+        truncated = True
+    omitted += [
+        Omitted(section="history", id=h.id, sequence=h.sequence, reason="token budget")
+        for h in by_score[n_history:]
+    ]
+    omitted += [
+        Omitted(section="recent", id=h.id, sequence=h.sequence, reason="token budget")
+        for h in recent[: len(recent) - n_recent]
+    ]
+    if truncated:
+        omitted.append(
+            Omitted(section="state", reason="pinned state alone exceeds the budget; text truncated")
+        )
+    final_history = sorted(by_score[:n_history], key=lambda h: h.sequence)
+    final_recent = recent[len(recent) - n_recent :] if n_recent else []
+    timings["render"] = _ms(t)
+    timings["total"] = _ms(started)
+
+    return Bundle(
+        mode=mode,
+        degraded_reason=degraded_reason,
+        state_source=state_source.label if state_source is not None else "none",
+        chronicle_sequence=chronicle_sequence,
+        ecs_sequence=await state_source.position() if state_source is not None else None,
+        focus=[{"id": s.id, "name": s.name, "kind": s.kind} for s in states],
+        state=states,
+        history=final_history,
+        recent=final_recent,
+        manifest=Manifest(
+            included={"state": len(states), "history": len(final_history), "recent": len(final_recent)},
+            omitted=omitted,
+            truncated=truncated,
+            token_counter=counter.name,
+            template=templates.resolve(request.template),
+            preset=request.preset.name,
+            facets=list(analysis.facets),
+            unresolved_focus=list(analysis.unresolved_focus),
+        ),
+        token_count=counter.count(text),
+        max_tokens=request.max_tokens,
+        text=text,
+        timings_ms=timings,
+    )
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 3)
+
+
+def _largest_fitting(render: Callable[[int], str], upper: int, counter: TokenCounter, budget: int) -> int:
+    """The largest n in [0, upper] whose rendering fits the budget (0 if none does)."""
+    low, high = 0, upper
+    while low < high:
+        middle = (low + high + 1) // 2
+        if counter.count(render(middle)) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _resolve(ref: str, known: Sequence[KnownEntity]) -> str | None:
+    key = normalize_name(ref)
+    for entity in known:
+        if (
+            entity.id == ref
+            or normalize_name(entity.name) == key
+            or key in map(normalize_name, entity.aliases)
+        ):
+            return entity.id
+    return None
+
+
+def _pov_keys(pov: str | None, known: Sequence[KnownEntity]) -> list[str]:
+    if not pov:
+        return []
+    entity_id = _resolve(pov, known)
+    if entity_id is None:
+        return [normalize_name(pov)]
+    entity = next(k for k in known if k.id == entity_id)
+    return sorted({normalize_name(n) for n in (entity.name, *entity.aliases)})
+
+
+def _widened(preset: RetrievalPreset) -> RetrievalPreset:
+    """With a point of view, fetch more candidates: some will be filtered out as unknowable."""
+    return msgspec.structs.replace(
+        preset, top_k=preset.top_k * 3, rerank_pool=max(preset.rerank_pool, preset.top_k * 3)
+    )
+
+
+async def _knowable_sequences(conn: Any, request: ContextRequest, pov_keys: list[str], upto: int) -> set[int]:
+    """Events the point-of-view character took part in, or witnessed by being at the place.
+
+    Where the character was is followed through its own events: each event it takes part in puts
+    it at that event's location (and a `move` of it, to the target), until the next such event.
+    """
+    events: list[StoredEvent] = []
+    after = 0
+    while True:
+        page = await list_events(
+            conn, request.tenant_id, request.chronicle_id, EventFilters(to_sequence=upto),
+            after_sequence=after, limit=5_000,
+        )  # fmt: skip
+        events += page
+        if len(page) < 5_000:
+            break
+        after = page[-1].sequence
+    keys = set(pov_keys)
+    knowable: set[int] = set()
+    here: str | None = None
+    for event in events:
+        involved = _event_keys(event)
+        if keys & involved:
+            knowable.add(event.sequence)
+            if event.location:
+                here = normalize_name(event.location)
+            for effect in event.effects:
+                if effect.get("op") == "move" and normalize_name(str(effect.get("entity", ""))) in keys:
+                    here = normalize_name(str(effect.get("to", "")))
+        elif here is not None and event.location and normalize_name(event.location) == here:
+            knowable.add(event.sequence)
+    return knowable
+
+
+def _event_keys(event: StoredEvent) -> set[str]:
+    keys = {normalize_name(a["name"]) for a in event.actors}
+    for effect in event.effects:
+        for field in ("entity", "item", "from", "to"):
+            value = effect.get(field)
+            if isinstance(value, str):
+                keys.add(normalize_name(value))
+    return keys
+
+
+def _state_view(state: EntityState) -> dict[str, Any]:
+    return {
+        "name": state.name,
+        "kind": state.kind,
+        "location": None if state.location is None else {"name": state.location.value,
+                                                          "sequence": state.location.sequence},
+        "status": None if state.status is None else {"value": state.status.value, "sequence": state.status.sequence},
+        "inventory": [{"name": i.value, "sequence": i.sequence} for i in state.inventory],
+        "components": {name: fact.value for name, fact in sorted(state.components.items())},
+        "relationships": [
+            {"other": r.other, "types": list(r.types), "valence": dict(r.valence), "sequence": r.sequence}
+            for r in state.relationships
+        ],
+    }  # fmt: skip
+
+
+def _event_view(item: HistoryItem) -> dict[str, Any]:
+    return {
+        "sequence": item.sequence,
+        "occurred_at": item.occurred_at.isoformat() if item.occurred_at else None,
+        "summary": item.summary,
+        "superseded": item.superseded,
+        "superseded_note": item.superseded_note,
+    }
+
+
+def _history_item(event: RetrievedEvent, states: Sequence[EntityState]) -> HistoryItem:
+    superseded, note = _supersession(event.sequence, event.location, event.actors, event.effects, states)
+    return HistoryItem(
+        id=str(event.event_id),
+        sequence=event.sequence,
+        external_id=event.external_id,
+        occurred_at=event.occurred_at,
+        kind=event.kind,
+        summary=event.summary,
+        location=event.location,
+        actors=[a["name"] for a in event.actors],
+        score=round(event.score, 6),
+        why=list(event.reasons),
+        superseded=superseded,
+        superseded_note=note,
+    )
+
+
+def _stored_item(event: StoredEvent, states: Sequence[EntityState]) -> HistoryItem:
+    superseded, note = _supersession(event.sequence, event.location, event.actors, event.effects, states)
+    return HistoryItem(
+        id=str(event.id),
+        sequence=event.sequence,
+        external_id=event.external_id,
+        occurred_at=event.occurred_at,
+        kind=event.kind,
+        summary=event.summary,
+        location=event.location,
+        actors=[a["name"] for a in event.actors],
+        why=["recent"],
+        superseded=superseded,
+        superseded_note=note,
+    )
+
+
+def _supersession(
+    sequence: int,
+    location: str | None,
+    actors: Sequence[dict[str, Any]],
+    effects: Sequence[dict[str, Any]],
+    states: Sequence[EntityState],
+) -> tuple[bool, str | None]:
+    """Whether this event asserts a place, holder or status of a focus entity that is no longer so."""
+    notes: list[str] = []
+    for state in states:
+        names = {normalize_name(n) for n in (state.name, *state.aliases)}
+        claimed_place: str | None = None
+        claimed_holder: str | None = None
+        claimed_status: str | None = None
+        moved = False
+        for effect in effects:
+            op = effect.get("op")
+            if op == "move" and normalize_name(str(effect.get("entity", ""))) in names:
+                claimed_place, moved = str(effect.get("to")), True
+            elif op == "transfer" and normalize_name(str(effect.get("item", ""))) in names:
+                claimed_holder, moved = str(effect.get("to")), True
+            elif op == "status" and normalize_name(str(effect.get("entity", ""))) in names:
+                claimed_status = str(effect.get("status"))
+        if not moved and location and any(normalize_name(a["name"]) in names for a in actors):
+            claimed_place = location
+        now_place = state.location
+        if (
+            claimed_place is not None
+            and now_place is not None
+            and (now_place.sequence or 0) > sequence
+            and normalize_name(str(now_place.value)) != normalize_name(claimed_place)
+        ):
+            notes.append(f"earlier: {state.name} at {claimed_place}; now: {state.name} at {now_place.value}"
+                         + _status_suffix(state))  # fmt: skip
+        now_holder = state.holder
+        if claimed_holder is not None and (
+            now_holder is None
+            and state.location is not None
+            or now_holder is not None
+            and (now_holder.sequence or 0) > sequence
+            and normalize_name(str(now_holder.value)) != normalize_name(claimed_holder)
+        ):
+            now = f"held by {now_holder.value}" if now_holder is not None else "not held by anyone"
+            notes.append(f"earlier: {state.name} held by {claimed_holder}; now: {state.name} {now}")
+        now_status = state.status
+        if (
+            claimed_status is not None
+            and now_status is not None
+            and (now_status.sequence or 0) > sequence
+            and str(now_status.value) != claimed_status
+        ):
+            notes.append(f"earlier: {state.name} {claimed_status}; now: {state.name} {now_status.value}")
+    return (True, "; ".join(notes)) if notes else (False, None)
+
+
+def _status_suffix(state: EntityState) -> str:
+    if state.status is not None and str(state.status.value) in (
+        "dead",
+        "destroyed",
+        "missing",
+        "unconscious",
+    ):
+        return f" ({state.status.value})"
+    return ""

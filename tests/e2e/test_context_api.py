@@ -1,0 +1,132 @@
+"""Context bundles on the sample story: state wins over history, budgets hold, output is stable."""
+
+from __future__ import annotations
+
+import uuid
+
+import msgspec
+import pytest
+
+from app.cli import load_sample_story
+from ecs.projector import Projector
+from tests.conftest import Tenant
+
+
+@pytest.fixture
+async def story(client, engine, tenant: Tenant) -> str:
+    chronicle = (await client.post("/api/chronicles", json={"title": "salt"}, headers=tenant.headers)).json()[
+        "id"
+    ]
+    events = [msgspec.to_builtins(e) for e in load_sample_story()]
+    response = await client.post(
+        f"/api/chronicles/{chronicle}/events", json={"events": events}, headers=tenant.headers
+    )
+    assert response.status_code == 200
+    await Projector(engine, engine).catch_up(uuid.UUID(chronicle))
+    return chronicle
+
+
+async def context(client, tenant: Tenant, chronicle: str, **body) -> dict:
+    response = await client.post(f"/api/chronicles/{chronicle}/context", json=body, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def state_of(bundle: dict, name: str) -> dict:
+    return next(s for s in bundle["state"] if s["name"] == name)
+
+
+async def test_where_is_bram_now_answers_from_state_and_marks_stale_history(client, tenant, story) -> None:
+    bundle = await context(client, tenant, story, query="Where is Bram now?")
+    assert bundle["mode"] == "full"
+    assert bundle["chronicle_sequence"] == 40 and bundle["ecs_sequence"] == 40
+    bram = state_of(bundle, "Bram")
+    assert bram["location"]["value"] == "Lantern Cellar"
+    assert bram["status"]["value"] == "dead"
+    assert bram["status"]["sequence"] == 15
+    assert "location" in bundle["manifest"]["facets"]
+    stale = [h for h in bundle["history"] if h["superseded"]]
+    assert stale, bundle["history"]
+    assert all("now: Bram at Lantern Cellar" in h["superseded_note"] for h in stale)
+    assert "Lantern Cellar" in bundle["text"]
+    assert bundle["token_count"] <= 1500
+
+
+async def test_budget_is_honoured_exactly_and_history_is_cut_first(client, tenant, story) -> None:
+    full = await context(client, tenant, story, query="What happened to the silver key?", max_tokens=4000)
+    for budget in (400, 250, 120):
+        bundle = await context(
+            client, tenant, story, query="What happened to the silver key?", max_tokens=budget
+        )
+        assert bundle["token_count"] <= budget
+        assert len(bundle["state"]) == len(full["state"])  # pinned state is never dropped
+        assert len(bundle["history"]) <= len(full["history"])
+    tiny = await context(client, tenant, story, query="What happened to the silver key?", max_tokens=120)
+    reasons = {o["reason"] for o in tiny["manifest"]["omitted"]}
+    assert "token budget" in reasons
+
+
+async def test_same_request_gives_byte_identical_text(client, tenant, story) -> None:
+    a = await context(client, tenant, story, query="Who does Oswin trust?", format="both")
+    b = await context(client, tenant, story, query="Who does Oswin trust?", format="both")
+    assert a["text"] == b["text"]
+    assert a["history"] == b["history"]
+
+
+async def test_text_format_and_templates(client, tenant, story) -> None:
+    response = await client.post(f"/api/chronicles/{story}/context", json={"query": "Where is Elara?", "format": "text",
+                                 "template": "compact"}, headers=tenant.headers)  # fmt: skip
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert "Elara" in response.text
+    missing = await client.post(f"/api/chronicles/{story}/context", json={"query": "x", "template": "nope"},
+                                headers=tenant.headers)  # fmt: skip
+    assert missing.status_code == 422
+    assert "default" in missing.json()["detail"] and "roleplay" in missing.json()["detail"]
+    bad_preset = await client.post(f"/api/chronicles/{story}/context", json={"query": "x", "preset": "nope"},
+                                   headers=tenant.headers)  # fmt: skip
+    assert bad_preset.status_code == 422 and "recent-heavy" in bad_preset.json()["detail"]
+
+
+async def test_as_of_sequence_gives_the_past_state(client, tenant, story) -> None:
+    bundle = await context(client, tenant, story, query="Where is Bram?", as_of_sequence=13)
+    bram = state_of(bundle, "Bram")
+    assert bram["location"]["value"] == "Lantern Inn"
+    assert bram["status"] is None
+    assert all(h["sequence"] <= 13 for h in bundle["history"] + bundle["recent"])
+
+
+async def test_chronicle_only_mode_still_answers_where_now(client, tenant, story) -> None:
+    bundle = await context(client, tenant, story, query="Where is Bram now?", mode="chronicle_only")
+    assert bundle["mode"] == "chronicle_only"
+    assert bundle["degraded_reason"]
+    assert bundle["state_source"] == "chronicle replay"
+    bram = state_of(bundle, "Bram")
+    assert bram["location"]["value"] == "Lantern Cellar"
+    assert bram["status"]["value"] == "dead"
+
+
+async def test_pov_limits_history_to_what_the_character_could_know(client, tenant, story) -> None:
+    bundle = await context(client, tenant, story, query="What happened at the Lantern Inn?", pov="Elara",
+                           max_tokens=4000)  # fmt: skip
+    # Elara rode out from the keep on day 1 and arrived at the inn in event 8; the arrival at the
+    # inn in event 4 was before she was there.
+    sequences = {h["sequence"] for h in bundle["history"] + bundle["recent"]}
+    assert 4 not in sequences
+    assert any("pov cannot know it" == o["reason"] for o in bundle["manifest"]["omitted"]) or sequences
+
+
+async def test_tenant_isolation_through_retrieval(client, tenant, other_tenant, story) -> None:
+    response = await client.post(f"/api/chronicles/{story}/context", json={"query": "Bram"},
+                                 headers=other_tenant.headers)  # fmt: skip
+    assert response.status_code == 404
+    theirs = (
+        await client.post("/api/chronicles", json={"title": "other"}, headers=other_tenant.headers)
+    ).json()
+    await client.post(f"/api/chronicles/{theirs['id']}/events",
+                      json={"events": [{"summary": "A quiet day at the mill.", "actors": ["Nell"]}]},
+                      headers=other_tenant.headers)  # fmt: skip
+    bundle = await context(
+        client, other_tenant, theirs["id"], query="Where did Bram die in the Lantern Cellar?"
+    )
+    assert all("Bram" not in h["summary"] for h in bundle["history"] + bundle["recent"])

@@ -1,0 +1,456 @@
+"""Hybrid retrieval on real PostgreSQL + pgvector, with the real local embedding model."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+
+import msgspec
+import numpy as np
+import pytest
+from sqlalchemy import select, text
+
+from app.cli import load_sample_story
+from rag.events import EventIn
+from rag.ingest import ingest_batch
+from rag.presets import PRESETS, get_preset
+from rag.retrieval import (
+    MODES,
+    Candidate,
+    Hit,
+    RetrievalQuery,
+    collapse_near_duplicates,
+    entity_search,
+    fuse,
+    lexical_search,
+    lexical_terms,
+    retrieve,
+    sources_for_mode,
+    vector_search,
+    vector_statement,
+)
+from rag.schema import chronicle_events
+from rag.store import create_chronicle
+from tests.conftest import make_tenant
+
+DEATH_QUESTION = "who killed the innkeeper in the cellar"
+
+
+class Story(msgspec.Struct):
+    tenant_id: uuid.UUID
+    chronicle_id: uuid.UUID
+    by_external: dict[str, uuid.UUID]
+    sequence_of: dict[uuid.UUID, int]
+    summary_of: dict[uuid.UUID, str]
+    entity_keys_of: dict[uuid.UUID, list[str]]
+
+
+async def new_chronicle(engine) -> tuple[uuid.UUID, uuid.UUID]:
+    tenant = await make_tenant(engine)
+    async with engine.begin() as conn:
+        row = await create_chronicle(
+            conn, tenant.id, title="r", description=None, metadata={}, embedding_model="m"
+        )
+    return tenant.id, row.id
+
+
+async def build_story(engine, embed, extra: list[EventIn] | None = None) -> Story:
+    tenant_id, chronicle_id = await new_chronicle(engine)
+    results = await ingest_batch(engine, embed, tenant_id, chronicle_id, load_sample_story())
+    assert results is not None
+    assert len(results) == 40
+    if extra:
+        assert await ingest_batch(engine, embed, tenant_id, chronicle_id, extra) is not None
+    e = chronicle_events.c
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(e.id, e.external_id, e.sequence, e.summary, e.entity_keys).where(
+                    e.chronicle_id == chronicle_id
+                )
+            )
+        ).all()
+    return Story(
+        tenant_id,
+        chronicle_id,
+        {r.external_id: r.id for r in rows},
+        {r.id: r.sequence for r in rows},
+        {r.id: r.summary for r in rows},
+        {r.id: r.entity_keys for r in rows},
+    )
+
+
+@pytest.fixture(scope="module")
+def embed(embedder):
+    async def run(texts: list[str]) -> list[list[float]]:
+        return await asyncio.to_thread(embedder.embed, texts)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+async def story(engine, embed) -> Story:
+    return await build_story(engine, embed)
+
+
+async def query_for(story: Story, embed, question: str, **kwargs) -> RetrievalQuery:
+    vector = (await embed([question]))[0] if question else None
+    return RetrievalQuery(
+        tenant_id=story.tenant_id,
+        chronicle_id=story.chronicle_id,
+        text=question,
+        query_vector=vector,
+        **kwargs,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The three sources
+# --------------------------------------------------------------------------------------------------
+
+
+async def test_vector_search_ranks_the_death_event_in_the_top_three(engine, story, embed) -> None:
+    q = await query_for(story, embed, DEATH_QUESTION)
+    async with engine.connect() as conn:
+        hits = await vector_search(conn, q, 10, 100)
+    assert len(hits) == 10
+    assert story.by_external["salt-road-015"] in [h.event_id for h in hits[:3]]
+    assert [h.rank for h in hits] == list(range(1, 11))
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert all(h.event_id in story.sequence_of and h.source == "vector" for h in hits)
+
+
+async def test_vector_search_settings_do_not_leak_into_the_callers_transaction(engine, story, embed) -> None:
+    q = await query_for(story, embed, DEATH_QUESTION)
+    async with engine.begin() as conn:
+        before = await conn.scalar(text("SELECT current_setting('hnsw.iterative_scan')"))
+        assert await vector_search(conn, q, 5, 77)
+        assert await conn.scalar(text("SELECT current_setting('hnsw.iterative_scan')")) == before
+        assert await conn.scalar(text("SELECT current_setting('hnsw.ef_search')")) != "77"
+
+
+async def test_lexical_search_returns_the_ledger_events_ranked(engine, story) -> None:
+    q = RetrievalQuery(tenant_id=story.tenant_id, chronicle_id=story.chronicle_id, text="ledger")
+    async with engine.connect() as conn:
+        hits = await lexical_search(conn, q, 40)
+    mentioning = {i for i, s in story.summary_of.items() if re.search(r"\bledger", s, re.IGNORECASE)}
+    assert len(mentioning) >= 5
+    assert {h.event_id for h in hits} == mentioning
+    assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert all(h.score > 0 for h in hits)
+
+
+async def test_lexical_search_puts_all_word_matches_before_any_word_matches(engine, story) -> None:
+    q = RetrievalQuery(tenant_id=story.tenant_id, chronicle_id=story.chronicle_id, text="innkeeper cellar")
+    async with engine.connect() as conn:
+        hits = await lexical_search(conn, q, 40)
+    both = [
+        bool(re.search(r"\binnkeeper", story.summary_of[h.event_id], re.IGNORECASE))
+        and bool(re.search(r"\bcellar", story.summary_of[h.event_id], re.IGNORECASE))
+        for h in hits
+    ]
+    assert any(both)
+    assert not all(both)
+    assert both == sorted(both, reverse=True)  # every all-words match before the first partial one
+
+
+@pytest.mark.parametrize("query_text", ["", "   ", "?!", "the of and", "-"])
+async def test_lexical_search_without_words_returns_nothing(engine, story, query_text) -> None:
+    q = RetrievalQuery(tenant_id=story.tenant_id, chronicle_id=story.chronicle_id, text=query_text)
+    async with engine.connect() as conn:
+        assert await lexical_search(conn, q, 10) == []
+
+
+def test_lexical_terms_relax_only_plain_questions() -> None:
+    assert lexical_terms("who killed Bram?") == ("who killed Bram?", "who or killed or Bram")
+    assert lexical_terms('"silver key"') == ('"silver key"', '"silver key"')
+    assert lexical_terms("key -silver") == ("key -silver", "key -silver")
+    assert lexical_terms("ale or wine") == ("ale or wine", "ale or wine")
+    assert lexical_terms("crow-black coat") == ("crow-black coat", "crow or black or coat")
+    assert lexical_terms(" ?! ") is None
+
+
+async def test_entity_search_returns_only_events_involving_bram(engine, story) -> None:
+    q = RetrievalQuery(tenant_id=story.tenant_id, chronicle_id=story.chronicle_id, entity_keys=["  BRAM "])
+    async with engine.connect() as conn:
+        hits = await entity_search(conn, q, 40)
+    involving = {i for i, keys in story.entity_keys_of.items() if "bram" in keys}
+    assert {h.event_id for h in hits} == involving
+    assert len(involving) >= 5
+    assert all(h.matched_keys == ("bram",) for h in hits)
+    assert hits[0].event_id == story.by_external["salt-road-015"]  # acts in it, importance 1.0
+    as_actor = [h.as_actor for h in hits]
+    assert as_actor == sorted(as_actor, reverse=True)  # acting before being only mentioned
+
+
+# --------------------------------------------------------------------------------------------------
+# Filters and isolation
+# --------------------------------------------------------------------------------------------------
+
+
+async def test_filtered_vector_search_returns_k_rows_with_iterative_scan(engine, story, embed) -> None:
+    """A big chronicle of another tenant dominates the HNSW graph around the query.
+
+    Its 3,000 vectors are closer to the query than anything in the 40-event story, so a plain
+    HNSW scan (ef_search candidates, then the filter) finds none of the story's events; the
+    iterative scan keeps going until k rows pass the filter. Left alone the planner searches a
+    40-event chronicle exactly through the (tenant_id, chronicle_id) btree, so the HNSW plan is
+    forced here (sorts and sequential scans disabled) and checked with EXPLAIN.
+    """
+    q = await query_for(story, embed, DEATH_QUESTION)
+    anchor = np.asarray(q.query_vector)
+    rng = np.random.default_rng(20251103)
+
+    async def near_the_query(texts: list[str]) -> list[list[float]]:
+        noise = rng.standard_normal((len(texts), anchor.size)) / np.sqrt(anchor.size)
+        vectors = anchor + noise  # cosine to the query ~0.7; the story's best match is ~0.55
+        return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).tolist()
+
+    big_tenant, big_chronicle = await new_chronicle(engine)
+    for start in range(0, 3_000, 1_000):
+        batch = [EventIn(summary=f"filler {i}") for i in range(start, start + 1_000)]
+        assert await ingest_batch(engine, near_the_query, big_tenant, big_chronicle, batch) is not None
+
+    async def search(mode: str, *, force_hnsw: bool) -> list[Hit]:
+        async with engine.begin() as conn:
+            if force_hnsw:
+                await conn.execute(text("SET LOCAL enable_sort = off"))
+                await conn.execute(text("SET LOCAL enable_seqscan = off"))
+                compiled = vector_statement(q, 10).compile(compile_kwargs={"literal_binds": True})
+                plan = "\n".join(row[0] for row in await conn.execute(text(f"EXPLAIN {compiled}")))
+                assert "chronicle_events_embedding_hnsw" in plan
+            return await vector_search(conn, q, 10, 40, iterative_scan=mode)  # type: ignore[arg-type]
+
+    relaxed = await search("relaxed_order", force_hnsw=True)
+    assert len(relaxed) == 10
+    assert all(h.event_id in story.sequence_of for h in relaxed)
+    assert relaxed[0].event_id == story.by_external["salt-road-015"]
+    strict = await search("strict_order", force_hnsw=True)
+    assert [h.event_id for h in strict] == [h.event_id for h in relaxed]
+    # Without the iterative scan the index returns its ef_search nearest rows, all of them the
+    # other tenant's, and the filter leaves (observed) none.
+    assert len(await search("off", force_hnsw=True)) < 10
+    # The planner's own choice (exact, via the btree) also gives k rows.
+    assert [h.event_id for h in await search("relaxed_order", force_hnsw=False)] == [
+        h.event_id for h in relaxed
+    ]
+
+
+async def test_as_of_sequence_excludes_later_events(engine, story, embed) -> None:
+    q = await query_for(story, embed, DEATH_QUESTION, entity_keys=["bram"], as_of_sequence=14)
+    async with engine.connect() as conn:
+        result = await retrieve(conn, q, get_preset("default"))
+        per_source = [
+            await vector_search(conn, q, 40, 100),
+            await lexical_search(conn, q, 40),
+            await entity_search(conn, q, 40),
+        ]
+    assert result is not None
+    assert result.events
+    assert result.max_sequence == 14
+    assert all(e.sequence <= 14 for e in result.events)
+    assert story.by_external["salt-road-015"] not in {e.event_id for e in result.events}
+    for hits in per_source:
+        assert hits
+        assert all(h.sequence <= 14 for h in hits)
+    assert len(per_source[0]) == 14
+
+
+async def test_pov_and_exclusion_filters(engine, story, embed) -> None:
+    death = story.by_external["salt-road-015"]
+    q = await query_for(story, embed, DEATH_QUESTION, pov_keys=["Bram"], exclude_ids=[death])
+    async with engine.connect() as conn:
+        result = await retrieve(conn, q, get_preset("default"))
+    assert result is not None
+    assert result.events
+    assert all("bram" in story.entity_keys_of[e.event_id] for e in result.events)
+    assert death not in {e.event_id for e in result.events}
+
+
+async def test_a_tenant_never_sees_another_tenants_events(engine, story, embed) -> None:
+    other = await build_story(engine, embed)  # the same story, the same texts, another tenant
+    q = await query_for(other, embed, DEATH_QUESTION, entity_keys=["bram"])
+    async with engine.connect() as conn:
+        result = await retrieve(conn, q, get_preset("lore-heavy"))
+        # Another tenant's id with this chronicle: nothing, not even through a single source.
+        stolen = msgspec.structs.replace(q, tenant_id=story.tenant_id)
+        assert await retrieve(conn, stolen, get_preset("default")) is None
+        assert await vector_search(conn, stolen, 10, 100) == []
+        assert await lexical_search(conn, stolen, 10) == []
+        assert await entity_search(conn, stolen, 10) == []
+    assert result is not None
+    assert len(result.events) == get_preset("lore-heavy").top_k
+    returned = {e.event_id for e in result.events} | {c.event_id for c in result.collapsed}
+    assert returned <= set(other.sequence_of)
+    assert not returned & set(story.sequence_of)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fusion
+# --------------------------------------------------------------------------------------------------
+
+
+def hit(event: int, source: str, rank: int, score: float = 0.5) -> Hit:
+    return Hit(event_id=uuid.UUID(int=event), sequence=event, source=source, rank=rank, score=score)  # type: ignore[arg-type]
+
+
+def order(candidates: list[Candidate]) -> list[int]:
+    return [c.sequence for c in candidates]
+
+
+def test_an_event_found_by_two_sources_beats_one_found_by_one() -> None:
+    hits = [[hit(1, "vector", 1), hit(2, "vector", 3)], [hit(3, "lexical", 1), hit(2, "lexical", 3)]]
+    for preset in PRESETS.values():
+        fused = fuse(hits, preset, max_sequence=3)
+        assert fused[0].sequence == 2, preset.name
+        assert fused[0].ranks == {"vector": 3, "lexical": 3}
+        assert fused[0].reasons[:2] == ["vector#3 (0.50)", "lexical#3 (0.50)"]
+
+
+def test_recency_breaks_near_ties_towards_later_events_but_not_clear_wins() -> None:
+    default = get_preset("default")
+    # Near tie: the old event one rank ahead in one source; the later one wins.
+    near_tie = fuse([[hit(10, "vector", 1), hit(40, "vector", 2)]], default, max_sequence=40)
+    assert order(near_tie) == [40, 10]
+    assert near_tie[0].recency_bonus > near_tie[1].recency_bonus > 0
+    # An exact tie is decided the same way.
+    tie = fuse([[hit(10, "vector", 1), hit(40, "lexical", 1)]], default, max_sequence=40)
+    assert order(tie) == [40, 10]
+    # A clearly better match (ranked first by two sources) stays ahead under every preset.
+    for preset in PRESETS.values():
+        clear = fuse(
+            [[hit(1, "vector", 1), hit(40, "vector", 2)], [hit(1, "lexical", 1)]], preset, max_sequence=40
+        )
+        assert order(clear) == [1, 40], preset.name
+    # So does a match ten ranks ahead under the default preset.
+    ten_ahead = [[hit(1, "vector", 1), *(hit(i, "vector", i) for i in range(2, 11)), hit(40, "vector", 11)]]
+    assert order(fuse(ten_ahead, default, max_sequence=40))[0] == 1
+
+
+def test_recent_heavy_favours_later_events_where_default_does_not() -> None:
+    hits = [[hit(1, "vector", 1), hit(40, "vector", 8)]]
+    assert order(fuse(hits, get_preset("default"), max_sequence=40))[0] == 1
+    assert order(fuse(hits, get_preset("recent-heavy"), max_sequence=40))[0] == 40
+
+
+async def test_presets_differ_on_the_sample_story(engine, story, embed) -> None:
+    q = await query_for(story, embed, "the Magpie and the stolen book")
+    mean_sequence: dict[str, float] = {}
+    async with engine.connect() as conn:
+        for name in ("default", "recent-heavy", "lore-heavy"):
+            result = await retrieve(conn, q, get_preset(name))
+            assert result is not None
+            assert result.preset == name
+            assert len(result.events) == get_preset(name).top_k
+            mean_sequence[name] = sum(e.sequence for e in result.events) / len(result.events)
+    assert mean_sequence["recent-heavy"] > mean_sequence["default"]
+
+
+def test_presets_are_named_and_validated() -> None:
+    assert set(PRESETS) == {"default", "recent-heavy", "lore-heavy"}
+    assert all(get_preset(name).name == name for name in PRESETS)
+    with pytest.raises(KeyError, match="default, lore-heavy, recent-heavy"):
+        get_preset("nope")
+    with pytest.raises(ValueError, match="mmr_lambda"):
+        msgspec.structs.replace(get_preset("default"), mmr_lambda=1.5)
+    with pytest.raises(KeyError, match="hybrid"):
+        sources_for_mode("both")
+
+
+# --------------------------------------------------------------------------------------------------
+# Near-duplicates, modes, determinism
+# --------------------------------------------------------------------------------------------------
+
+
+def test_collapse_drops_near_duplicates_and_records_them() -> None:
+    base = np.zeros(8)
+    base[0] = 1.0
+    close = base.copy()
+    close[1] = 0.2  # cosine 0.98 to base
+    apart = base.copy()
+    apart[1] = 0.6  # cosine 0.86
+    candidates = [
+        Candidate(
+            event_id=uuid.UUID(int=i),
+            sequence=i,
+            score=1.0 / i,
+            rrf_score=1.0 / i,
+            recency_bonus=0.0,
+            ranks={},
+            source_scores={},
+            reasons=[],
+        )
+        for i in (1, 2, 3)
+    ]
+    vectors = {uuid.UUID(int=1): base, uuid.UUID(int=2): close, uuid.UUID(int=3): apart}
+    preset = msgspec.structs.replace(get_preset("default"), mmr_lambda=1.0)
+    selected, collapsed = collapse_near_duplicates(candidates, vectors, preset)
+    assert [s.candidate.sequence for s in selected] == [1, 3]
+    assert selected[0].collapsed_ids == [uuid.UUID(int=2)]
+    assert [(c.event_id, c.into_event_id) for c in collapsed] == [(uuid.UUID(int=2), uuid.UUID(int=1))]
+    assert collapsed[0].similarity == pytest.approx(0.98, abs=0.01)
+
+
+async def test_identical_events_collapse_into_one(engine, embed) -> None:
+    ghost = "Bram's ghost is seen walking the cellar stairs at midnight with a lantern in his hand."
+    story = await build_story(
+        engine,
+        embed,
+        [EventIn(summary=ghost, external_id="ghost-a"), EventIn(summary=ghost, external_id="ghost-b")],
+    )
+    twins = {story.by_external["ghost-a"], story.by_external["ghost-b"]}
+    q = await query_for(story, embed, ghost)
+    async with engine.connect() as conn:
+        result = await retrieve(conn, q, get_preset("default"))
+    assert result is not None
+    survivors = [e for e in result.events if e.event_id in twins]
+    assert len(survivors) == 1
+    (dropped,) = twins - {survivors[0].event_id}
+    assert dropped not in {e.event_id for e in result.events}
+    record = next(c for c in result.collapsed if c.event_id == dropped)
+    assert record.into_event_id == survivors[0].event_id
+    assert record.similarity > 0.99
+    assert dropped in survivors[0].collapsed_ids
+    assert result.events[0].event_id == survivors[0].event_id
+
+
+@pytest.mark.parametrize("mode", ["vector", "lexical", "entity", "hybrid"])
+async def test_modes_restrict_the_sources(engine, story, embed, mode) -> None:
+    q = await query_for(story, embed, DEATH_QUESTION, entity_keys=["bram"], sources=MODES[mode])
+    async with engine.connect() as conn:
+        result = await retrieve(conn, q, get_preset("default"))
+    assert result is not None
+    assert result.events
+    assert set(result.hit_counts) == set(MODES[mode]) == set(result.sources)
+    for event in result.events:
+        assert set(event.ranks) <= set(MODES[mode])
+    if mode in ("vector", "hybrid"):
+        assert story.by_external["salt-road-015"] in [e.event_id for e in result.events[:3]]
+
+
+async def test_same_query_twice_gives_identical_results(engine, story, embed) -> None:
+    q = await query_for(story, embed, DEATH_QUESTION, entity_keys=["bram", "the magpie"])
+    async with engine.connect() as conn:
+        first = await retrieve(conn, q, get_preset("default"))
+        second = await retrieve(conn, q, get_preset("default"))
+    assert first is not None
+    assert second is not None
+    without_timings = [msgspec.structs.replace(r, timings_ms={}) for r in (first, second)]
+    assert without_timings[0] == without_timings[1]
+    assert set(first.timings_ms) == {
+        "chronicle",
+        "vector",
+        "lexical",
+        "entity",
+        "fuse",
+        "load",
+        "collapse",
+        "total",
+    }
+    top = first.events[0]
+    assert top.event_id == story.by_external["salt-road-015"]
+    assert top.reasons[0].startswith("vector#")
+    assert any(r.startswith("entity#") for r in top.reasons)
+    assert [e.mmr_score for e in first.events] == sorted((e.mmr_score for e in first.events), reverse=True)
