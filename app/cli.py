@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
+from app.logs import configure_logging
 from app.settings import ConfigError, Settings, load_settings
 from rag.events import EventIn
 
@@ -46,8 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"lore: invalid configuration: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    configure_logging(
+        settings.log_level, settings.log_format or ("json" if args.handler is cmd_serve else "text")
     )
     try:
         return int(args.handler(settings, args) or 0)

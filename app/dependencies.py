@@ -45,12 +45,14 @@ async def provide_caller(request: Request[Any, Any, Any], services: NamedDepende
     key = key.strip()
     cached = services.key_cache.get(key)
     if cached is not None:
+        request.state.tenant_id = str(cached.tenant_id)
         return cached
     async with translate_database_errors(), services.engine.connect() as conn:
         caller = await caller_for_key(conn, key)
     if caller is None:
         raise _unauthorized("unknown or revoked API key")
     services.key_cache.put(key, caller)
+    request.state.tenant_id = str(caller.tenant_id)
     return caller
 
 

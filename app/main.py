@@ -13,12 +13,14 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 
 from app.dependencies import provide_admin, provide_caller, provide_services, provide_tenant
 from app.errors import exception_handlers
+from app.logs import request_log_middleware
 from app.metrics import Metrics, metrics_endpoint, metrics_middleware
 from app.routes.chronicles import ChronicleController
 from app.routes.context import ContextController
 from app.routes.ecs import AdminEcsController, EcsStatusController
 from app.routes.entities import EntityController
 from app.routes.health import health, ready
+from app.routes.ops import OpsController
 from app.runtime import Endpoints
 from app.services import open_services
 from app.settings import Settings
@@ -46,8 +48,9 @@ def create_app(settings: Settings, endpoints: Endpoints, *, embedder: Embedder |
             AdminEcsController,
             EntityController,
             ContextController,
+            OpsController,
         ],
-        middleware=[metrics_middleware],
+        middleware=[request_log_middleware, metrics_middleware],
         state=State({"metrics": Metrics()}),
         lifespan=[services_lifespan],
         dependencies={

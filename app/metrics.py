@@ -62,6 +62,21 @@ async def _collect(services: Services) -> list[Metric]:
     failures = CounterMetricFamily("lore_projector_failures", "Failed projection attempts")
     failures.add_metric([], projector.failures)
     families += [applied, failures]
+    breaker = services.breaker.snapshot()
+    transitions = CounterMetricFamily(
+        "lore_breaker_transitions", "ECS circuit breaker state changes", labels=["transition"]
+    )
+    for name, count in sorted(breaker.transitions.items()):
+        transitions.add_metric([name], count)
+    state = GaugeMetricFamily("lore_breaker_state", "1 for the ECS breaker's current state", labels=["state"])
+    for name in ("closed", "open", "half_open"):
+        state.add_metric([name], 1.0 if breaker.state == name else 0.0)
+    fallbacks = CounterMetricFamily(
+        "lore_fallbacks_served", "Chronicle-only answers served instead of full ones", labels=["reason"]
+    )
+    for reason, count in sorted(services.fallbacks_served.items()):
+        fallbacks.add_metric([reason], count)
+    families += [transitions, state, fallbacks]
     if services.relay is not None:
         relay = services.relay.stats
         published = CounterMetricFamily("lore_relay_published", "Outbox rows published to Redis Streams")

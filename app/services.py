@@ -14,11 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import KeyCache
 from app.database import CHRONICLE_BRANCH, ECS_BRANCH, create_engine, migrate
+from app.flags import FeatureFlags
 from app.runtime import Endpoints
 from app.settings import Settings
+from ecs.breaker import BreakerConfig, CircuitBreaker
 from ecs.cache import EntityCache
+from ecs.guard import StalenessPolicy
 from ecs.projector import Projector
 from ecs.relay import OutboxRelay
+from ecs.state_source import KnownNamesCache
 from rag.embedding import Embedder, create_embedder
 from rag.store import claim_embedding_space
 from rag.templates import TemplateRegistry
@@ -45,6 +49,25 @@ class Services:
         self.embedder = embedder
         self.key_cache = KeyCache()
         self.templates = TemplateRegistry()
+        self.replay_names = KnownNamesCache()
+        self.fallbacks_served: dict[str, int] = {}
+        self.breaker = CircuitBreaker(
+            "ecs",
+            BreakerConfig(
+                timeout_seconds=settings.ecs_timeout_ms / 1000,
+                window_size=settings.breaker_window,
+                minimum_calls=settings.breaker_minimum_calls,
+                failure_rate_threshold=settings.breaker_failure_rate,
+                open_wait_seconds=settings.breaker_open_ms / 1000,
+                max_open_wait_seconds=settings.breaker_max_open_ms / 1000,
+                half_open_probes=settings.breaker_probes,
+            ),
+        )
+        self.staleness = StalenessPolicy(
+            max_lag_events=settings.max_lag_events,
+            max_lag_seconds=settings.max_lag_seconds,
+            on_stale="warn" if settings.stale_policy == "warn" else "degrade",
+        )
         self.token_counter = get_counter()
         # One thread: the model already uses two intra-op threads, and more would only contend.
         self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
@@ -54,6 +77,7 @@ class Services:
             else None
         )
         self.relay = OutboxRelay(ecs_engine, self.redis) if self.redis is not None else None
+        self.flags = FeatureFlags(self.redis, {"ecs_enrichment": settings.ecs_enrichment})
         self.cache = EntityCache.from_url(endpoints.redis_url, ecs_engine)
         self.projector = Projector(
             engine,
@@ -68,6 +92,11 @@ class Services:
         await self.cache.on_committed(chronicle_id, touched)
         if self.relay is not None:
             self.relay.notify()
+
+    def count_fallback(self, reason: str) -> None:
+        """Count a chronicle-only answer served instead of a full one, by the kind of reason."""
+        kind = reason.split(":")[0].split("(")[0].strip()
+        self.fallbacks_served[kind] = self.fallbacks_served.get(kind, 0) + 1
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         """Embed off the event loop."""

@@ -48,6 +48,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"
+    log_format: str = ""
+    """json or text; empty: json for `lore serve` (log pipelines), text for other commands."""
     db_timeout_ms: int = 5_000
     """Statement and connect timeout; an outage answers 503 after this, never hangs."""
     db_pool_size: int = 10
@@ -56,6 +58,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Run the ECS projector inside the service (off when dedicated `lore worker`s do it)."""
     projector_batch_size: int = 1_000
     projector_max_attempts: int = 5
+    ecs_timeout_ms: int = 250
+    """Total time one request may wait on ECS reads before it falls back to a chronicle replay."""
+    breaker_window: int = 20
+    breaker_minimum_calls: int = 5
+    breaker_failure_rate: float = 0.5
+    breaker_open_ms: int = 1_000
+    breaker_max_open_ms: int = 30_000
+    breaker_probes: int = 3
+    max_lag_events: int = 1_000
+    max_lag_seconds: float = 30.0
+    stale_policy: str = "degrade"
+    """degrade: a too-stale chronicle gets chronicle-only bundles; warn: full bundles with a warning."""
+    ecs_enrichment: bool = True
+    """Initial value of the runtime flag (flip it without a restart through the admin route)."""
+    replay_events_per_entity: int = 200
 
     def redacted(self) -> dict[str, object]:
         """The settings as they may be logged: secrets and URL passwords masked."""
@@ -119,12 +136,25 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         host=get("LORE_HOST") or "127.0.0.1",
         port=_int(get, "LORE_PORT", 8000, 0, 65_535) or 0,
         log_level=log_level,
+        log_format=_choice(get, "LORE_LOG_FORMAT", "", ("json", "text", "")),
         db_timeout_ms=_int(get, "LORE_DB_TIMEOUT_MS", 5_000, 100, 600_000) or 5_000,
         db_pool_size=_int(get, "LORE_DB_POOL_SIZE", 10, 1, 500) or 10,
         max_request_bytes=_int(get, "LORE_MAX_REQUEST_BYTES", 16 * 1024 * 1024, 1024, 1 << 30) or 0,
         run_projector=parse_bool("LORE_RUN_PROJECTOR", get("LORE_RUN_PROJECTOR"), True),
         projector_batch_size=_int(get, "LORE_PROJECTOR_BATCH_SIZE", 1_000, 1, 100_000) or 1_000,
         projector_max_attempts=_int(get, "LORE_PROJECTOR_MAX_ATTEMPTS", 5, 1, 1_000) or 5,
+        ecs_timeout_ms=_int(get, "LORE_ECS_TIMEOUT_MS", 250, 10, 60_000) or 250,
+        breaker_window=_int(get, "LORE_BREAKER_WINDOW", 20, 1, 10_000) or 20,
+        breaker_minimum_calls=_int(get, "LORE_BREAKER_MINIMUM_CALLS", 5, 1, 10_000) or 5,
+        breaker_failure_rate=_float(get, "LORE_BREAKER_FAILURE_RATE", 0.5, 0.01, 1.0),
+        breaker_open_ms=_int(get, "LORE_BREAKER_OPEN_MS", 1_000, 10, 3_600_000) or 1_000,
+        breaker_max_open_ms=_int(get, "LORE_BREAKER_MAX_OPEN_MS", 30_000, 10, 3_600_000) or 30_000,
+        breaker_probes=_int(get, "LORE_BREAKER_PROBES", 3, 1, 1_000) or 3,
+        max_lag_events=_int(get, "LORE_MAX_LAG_EVENTS", 1_000, 0, 1_000_000_000) or 0,
+        max_lag_seconds=_float(get, "LORE_MAX_LAG_SECONDS", 30.0, 0.0, 1e9),
+        stale_policy=_choice(get, "LORE_STALE_POLICY", "degrade", ("degrade", "warn")),
+        ecs_enrichment=parse_bool("LORE_ECS_ENRICHMENT", get("LORE_ECS_ENRICHMENT"), True),
+        replay_events_per_entity=_int(get, "LORE_REPLAY_EVENTS_PER_ENTITY", 200, 1, 1_000_000) or 200,
     )
 
 
@@ -232,6 +262,29 @@ def _int(get: object, name: str, default: int | None, low: int, high: int) -> in
         raise ConfigError(name, f"must be an integer, got {raw!r}") from None
     if not low <= value <= high:
         raise ConfigError(name, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(get: object, name: str, default: float, low: float, high: float) -> float:
+    raw = get(name)  # type: ignore[operator]
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(name, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _choice(get: object, name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = get(name)  # type: ignore[operator]
+    if raw is None:
+        return default
+    value = str(raw).lower()
+    if value not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(choices)}, got {raw!r}")
     return value
 
 

@@ -8,6 +8,7 @@ from the authoritative log when ECS storage is unavailable.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -29,7 +30,7 @@ from rag.query_analysis import KnownEntity
 from rag.schema import chronicle_events
 from rag.store import EventFilters, StoredEvent, list_events
 
-__all__ = ["ChronicleReplayStateSource", "EcsStateSource", "state_from_world"]
+__all__ = ["ChronicleReplayStateSource", "EcsStateSource", "KnownNamesCache", "state_from_world"]
 
 _HOT = ("position", "holder", "status")
 KNOWN_ENTITY_LIMIT = 5_000
@@ -250,6 +251,27 @@ async def _events_up_to(
             after = page[-1].sequence
 
 
+class KnownNamesCache:
+    """Names known in each chronicle, kept a few seconds: degraded mode serves many requests from
+    the same chronicle, and scanning its recent events for names on each one would be wasteful."""
+
+    def __init__(self, ttl_seconds: float = 5.0, max_chronicles: int = 1_000) -> None:
+        self._ttl = ttl_seconds
+        self._max = max_chronicles
+        self._entries: dict[uuid.UUID, tuple[float, list[KnownEntity]]] = {}
+
+    def get(self, chronicle_id: uuid.UUID) -> list[KnownEntity] | None:
+        entry = self._entries.get(chronicle_id)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, chronicle_id: uuid.UUID, known: list[KnownEntity]) -> None:
+        if len(self._entries) >= self._max:
+            self._entries.clear()
+        self._entries[chronicle_id] = (time.monotonic() + self._ttl, known)
+
+
 class ChronicleReplayStateSource:
     """Degraded mode: state of the focus entities replayed from their most recent events.
 
@@ -267,18 +289,30 @@ class ChronicleReplayStateSource:
         *,
         events_per_entity: int = 200,
         scan_events: int = 5_000,
+        known_cache: KnownNamesCache | None = None,
     ) -> None:
         self.engine = chronicle_engine
         self.tenant_id = tenant_id
         self.chronicle_id = chronicle_id
         self.events_per_entity = events_per_entity
         self.scan_events = scan_events
+        self.known_cache = known_cache
 
     async def position(self) -> int | None:
         return None
 
     async def known_entities(self) -> list[KnownEntity]:
         """Names seen as actors, locations and effect targets in the recent chronicle."""
+        if self.known_cache is not None:
+            cached = self.known_cache.get(self.chronicle_id)
+            if cached is not None:
+                return cached
+        known = await self._scan_known()
+        if self.known_cache is not None:
+            self.known_cache.put(self.chronicle_id, known)
+        return known
+
+    async def _scan_known(self) -> list[KnownEntity]:
         names: dict[str, KnownEntity] = {}
         aliases: dict[str, set[str]] = {}
         async with self.engine.connect() as conn:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
 import msgspec
@@ -14,6 +15,7 @@ from app.database import translate_database_errors
 from app.dependencies import ServicesDep, TenantId
 from app.errors import FieldError, ProblemError, not_found
 from app.services import Services
+from ecs.guard import GuardedEcsSource, check_staleness, is_ecs_failure
 from ecs.state_source import ChronicleReplayStateSource, EcsStateSource
 from rag.context import Bundle, ContextRequest, StateSource, assemble_context
 from rag.presets import PRESETS, get_preset
@@ -66,19 +68,6 @@ async def build_bundle(
     if chronicle is None:
         raise not_found("chronicle", chronicle_id)
 
-    source: StateSource
-    mode: Literal["full", "chronicle_only"] = "full"
-    reason = None
-    if data.mode == "chronicle_only":
-        source, mode, reason = _replay(services, tenant_id, chronicle_id), "chronicle_only", "requested"
-    else:
-        source = EcsStateSource(
-            services.engine,
-            services.ecs_engine,
-            tenant_id,
-            chronicle_id,
-            cache=getattr(services, "cache", None),
-        )
     request = ContextRequest(
         tenant_id=tenant_id,
         chronicle_id=chronicle_id,
@@ -92,36 +81,74 @@ async def build_bundle(
         retrieval_mode=data.retrieval,
         include_state=data.include_state,
     )
+    embed = _memoized(services.embed)
 
-    async def assemble(state_source: StateSource, bundle_mode: Literal["full", "chronicle_only"],
-                       why: str | None) -> Bundle:  # fmt: skip
+    async def assemble(
+        state_source: StateSource, bundle_mode: Literal["full", "chronicle_only"], why: str | None
+    ) -> Bundle:
         return await assemble_context(
             services.engine, request, chronicle_sequence=chronicle.last_sequence, state_source=state_source,
-            mode=bundle_mode, degraded_reason=why, embed=services.embed, counter=services.token_counter,
+            mode=bundle_mode, degraded_reason=why, embed=embed, counter=services.token_counter,
             templates=services.templates,
         )  # fmt: skip
 
+    async def degraded(reason: str) -> Bundle:
+        services.count_fallback(reason)
+        return await assemble(_replay(services, tenant_id, chronicle_id), "chronicle_only", reason)
+
     async with translate_database_errors():
-        if mode == "chronicle_only":
-            return await assemble(source, mode, reason)
+        if data.mode == "chronicle_only":
+            return await assemble(_replay(services, tenant_id, chronicle_id), "chronicle_only", "requested")
+        if not await services.flags.get("ecs_enrichment"):
+            return await degraded("ECS enrichment is switched off")
+        if services.breaker.state == "open":
+            return await degraded(f"ECS circuit open ({services.breaker.last_error or 'failures'})")
+        guarded = GuardedEcsSource(
+            EcsStateSource(services.engine, services.ecs_engine, tenant_id, chronicle_id,
+                           cache=getattr(services, "cache", None)),
+            services.breaker,
+            services.settings.ecs_timeout_ms / 1000,
+        )  # fmt: skip
+        warning = None
         try:
-            return await assemble(source, "full", None)
+            staleness = await check_staleness(
+                guarded, services.engine, chronicle_id, chronicle.last_sequence, services.staleness
+            )
+            if staleness.reason is not None:
+                if services.staleness.on_stale == "degrade":
+                    return await degraded(staleness.reason)
+                warning = staleness.reason
+            bundle = await assemble(guarded, "full", None)
         except Exception as error:
-            if not _is_ecs_failure(error):
+            if not is_ecs_failure(error):
                 raise
-            log.warning("ECS unavailable for context of %s, using chronicle replay: %s", chronicle_id, error)
-            return await assemble(_replay(services, tenant_id, chronicle_id), "chronicle_only",
-                                  f"ECS unavailable: {type(error).__name__}")  # fmt: skip
+            log.warning("ECS unavailable for context of chronicle %s: %s", chronicle_id, error)
+            return await degraded(f"ECS unavailable: {type(error).__name__}")
+        if warning is not None:
+            bundle = msgspec.structs.replace(bundle, degraded_reason=f"stale: {warning}")
+        return bundle
+
+
+def _memoized(
+    embed: Callable[[list[str]], Awaitable[list[list[float]]]],
+) -> Callable[[list[str]], Awaitable[list[list[float]]]]:
+    """A fallback after a failed ECS attempt must not embed the query a second time."""
+    seen: dict[tuple[str, ...], list[list[float]]] = {}
+
+    async def cached(texts: list[str]) -> list[list[float]]:
+        key = tuple(texts)
+        if key not in seen:
+            seen[key] = await embed(texts)
+        return seen[key]
+
+    return cached
 
 
 def _replay(services: Services, tenant_id: uuid.UUID, chronicle_id: uuid.UUID) -> ChronicleReplayStateSource:
-    return ChronicleReplayStateSource(services.engine, tenant_id, chronicle_id)
-
-
-def _is_ecs_failure(error: Exception) -> bool:
-    from rag.outages import is_unavailable_error
-
-    return is_unavailable_error(error)
+    return ChronicleReplayStateSource(
+        services.engine, tenant_id, chronicle_id, events_per_entity=services.settings.replay_events_per_entity,
+        known_cache=services.replay_names,
+    )  # fmt: skip
 
 
 class ContextController(Controller):

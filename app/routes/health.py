@@ -35,5 +35,11 @@ async def ready(services: ServicesDep) -> Response[dict[str, Any]]:
             "unavailable" if is_unavailable_error(error) else f"error: {type(error).__name__}"
         )
         ok = False
+    # ECS trouble does not make the service unready: it keeps answering in chronicle-only mode.
+    checks["ecs"] = {
+        "breaker": services.breaker.state,
+        "last_error": services.breaker.last_error,
+        "mode": "full" if services.breaker.state != "open" else "chronicle_only",
+    }
     body = {"status": "ready" if ok else "not ready", "checks": checks}
     return Response(body, status_code=200 if ok else 503, headers=None if ok else {"Retry-After": "2"})

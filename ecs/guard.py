@@ -1,0 +1,129 @@
+"""Choosing where a request's state comes from: ECS when it is healthy, else a chronicle replay.
+
+ECS is unhealthy when its circuit breaker is open, when a read fails or is slow (which also feeds
+the breaker), when the operator turned ECS enrichment off, or when it is too stale for the
+chronicle asked about (projection lag over a bound, or a parked chronicle). Every ECS read of one
+request shares one deadline, so a request never waits on ECS for longer than the breaker timeout
+in total before it falls back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal, TypeVar
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ecs.breaker import BreakerOpen, CircuitBreaker, SlowCall
+from ecs.repository import read_checkpoint
+from ecs.state_source import EcsStateSource
+from rag.context import EntityState
+from rag.outages import is_unavailable_error
+from rag.query_analysis import KnownEntity
+from rag.store import recorded_at_of
+
+__all__ = [
+    "EcsUnhealthy",
+    "GuardedEcsSource",
+    "StalenessPolicy",
+    "Staleness",
+    "check_staleness",
+    "is_ecs_failure",
+]
+
+T = TypeVar("T")
+
+
+class EcsUnhealthy(Exception):
+    """ECS cannot serve this request; `reason` says why (it becomes the bundle's degraded_reason)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class StalenessPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    max_lag_events: int = 1_000
+    max_lag_seconds: float = 30.0
+    on_stale: Literal["degrade", "warn"] = "degrade"
+
+
+class Staleness(msgspec.Struct, frozen=True, kw_only=True):
+    checkpoint_sequence: int
+    lag_events: int
+    lag_seconds: float
+    parked: bool
+    reason: str | None
+    """Why ECS is too stale for this chronicle, or None."""
+
+
+def is_ecs_failure(error: BaseException) -> bool:
+    return isinstance(error, BreakerOpen | SlowCall | EcsUnhealthy) or is_unavailable_error(error)
+
+
+class GuardedEcsSource:
+    """An `EcsStateSource` whose every read goes through the breaker within one shared deadline."""
+
+    label = "ecs"
+
+    def __init__(self, inner: EcsStateSource, breaker: CircuitBreaker, budget_seconds: float) -> None:
+        self.inner = inner
+        self.breaker = breaker
+        self._deadline = asyncio.get_running_loop().time() + budget_seconds
+
+    async def guard(self, operation: Callable[[], Awaitable[T]]) -> T:
+        remaining = self._deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            self.breaker.record_failure("slow: request's ECS time budget used up")
+            raise SlowCall("the request's ECS time budget is used up")
+        return await self.breaker.call(operation, timeout=remaining)
+
+    async def known_entities(self) -> list[KnownEntity]:
+        return await self.guard(self.inner.known_entities)
+
+    async def entity_states(self, entity_ids: Sequence[str], as_of_sequence: int | None) -> list[EntityState]:
+        return await self.guard(lambda: self.inner.entity_states(entity_ids, as_of_sequence))
+
+    async def position(self) -> int | None:
+        return await self.guard(self.inner.position)
+
+
+async def check_staleness(
+    source: GuardedEcsSource,
+    chronicle_engine: AsyncEngine,
+    chronicle_id: uuid.UUID,
+    chronicle_sequence: int,
+    policy: StalenessPolicy,
+) -> Staleness:
+    """How far ECS is behind this chronicle; reading the checkpoint is itself a guarded ECS read."""
+
+    async def read() -> tuple[int, bool]:
+        async with source.inner.ecs_engine.connect() as conn:
+            checkpoint = await read_checkpoint(conn, chronicle_id)
+        if checkpoint is None:
+            return 0, False
+        return checkpoint.last_sequence, checkpoint.parked_at is not None
+
+    position, parked = await source.guard(read)
+    lag_events = max(0, chronicle_sequence - position)
+    lag_seconds = 0.0
+    if lag_events:
+        async with chronicle_engine.connect() as conn:
+            oldest = await recorded_at_of(conn, chronicle_id, position + 1)
+        if oldest is not None:
+            lag_seconds = max(0.0, (dt.datetime.now(dt.UTC) - oldest).total_seconds())
+    reason = None
+    if parked:
+        reason = "ECS projection of this chronicle is parked"
+    elif lag_events > policy.max_lag_events:
+        reason = f"ECS is {lag_events} events behind (bound {policy.max_lag_events})"
+    elif lag_seconds > policy.max_lag_seconds:
+        reason = f"ECS is {lag_seconds:.0f} s behind (bound {policy.max_lag_seconds:.0f} s)"
+    return Staleness(
+        checkpoint_sequence=position, lag_events=lag_events, lag_seconds=round(lag_seconds, 3), parked=parked,
+        reason=reason,
+    )  # fmt: skip
