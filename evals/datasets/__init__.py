@@ -1,0 +1,1 @@
+"""Dataset adapters for the evaluation harness; see `base.py` for the shapes they produce."""
