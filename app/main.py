@@ -21,6 +21,7 @@ from app.routes.ecs import AdminEcsController, EcsStatusController
 from app.routes.entities import EntityController
 from app.routes.health import health, ready
 from app.routes.ops import OpsController
+from app.routes.query import QueryController
 from app.runtime import Endpoints
 from app.services import open_services
 from app.settings import Settings
@@ -49,6 +50,7 @@ def create_app(settings: Settings, endpoints: Endpoints, *, embedder: Embedder |
             EntityController,
             ContextController,
             OpsController,
+            QueryController,
         ],
         middleware=[request_log_middleware, metrics_middleware],
         state=State({"metrics": Metrics()}),

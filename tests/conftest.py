@@ -78,6 +78,8 @@ def settings(embedded_root: Path, database_url: str, redis_url: str) -> Settings
         data_dir=embedded_root,
         db_timeout_ms=5_000,
         run_projector=False,
+        # A loaded CI machine must not trip the ECS breaker in tests that are not about it.
+        ecs_timeout_ms=10_000,
     )
 
 
