@@ -35,6 +35,7 @@ nothing of HTTP: unknown references raise :class:`UnknownReference` (naming the 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import logging
@@ -48,6 +49,7 @@ from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from ecs.breaker import BreakerOpen, CircuitBreaker, SlowCall
 from ecs.cache import EntityCache
 from ecs.components import DEAD_STATUSES
 from ecs.criteria import ValenceBound
@@ -447,6 +449,11 @@ class Scope:
     tenant_id: uuid.UUID
     chronicle_id: uuid.UUID
     cache: EntityCache | None = None
+    breaker: CircuitBreaker | None = None
+    """Guards every ECS read; all reads of one question share `ecs_budget_seconds`."""
+    ecs_budget_seconds: float = 0.25
+    ecs_disabled: str | None = None
+    """Why ECS must not be used at all for this question (runtime flag, open breaker), or None."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -533,6 +540,22 @@ class _Session:
         self.outage = False
         """ECS is unreachable (not merely lacking an entity it has not projected yet)."""
         self._directory: _Directory | None = None
+        self._deadline: float | None = None
+        if scope.ecs_disabled is not None:
+            self.reason, self.outage = scope.ecs_disabled, True
+
+    async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
+        breaker = self.scope.breaker
+        if breaker is None:
+            return await call()
+        loop = asyncio.get_running_loop()
+        if self._deadline is None:
+            self._deadline = loop.time() + self.scope.ecs_budget_seconds
+        remaining = self._deadline - loop.time()
+        if remaining <= 0:
+            breaker.record_failure("slow: question's ECS time budget used up")
+            raise SlowCall("the question's ECS time budget is used up")
+        return await breaker.call(call, timeout=remaining)
 
     @property
     def answered_from(self) -> Source:
@@ -551,11 +574,11 @@ class _Session:
         if self.reason is not None:
             return None
         try:
-            return await call()
+            return await self._guarded(call)
         except _NotProjected as error:
             self.reason = str(error)
         except Exception as error:
-            if not is_unavailable_error(error):
+            if not (is_unavailable_error(error) or isinstance(error, BreakerOpen | SlowCall)):
                 raise
             log.warning("ECS unavailable for a hybrid query on %s: %s", self.scope.chronicle_id, error)
             self.reason = f"ECS unavailable: {type(error).__name__}"

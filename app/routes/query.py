@@ -14,6 +14,7 @@ from litestar.params import FromPath, JSONBody
 from app.database import translate_database_errors
 from app.dependencies import ServicesDep, TenantId
 from app.errors import FieldError, ProblemError, not_found
+from app.services import Services
 from ecs.hybrid import (
     HybridQuery,
     HybridResult,
@@ -58,6 +59,16 @@ def _problem(error: QueryError) -> ProblemError:
     return ProblemError(422, "Invalid request", str(error), problem_type="invalid-request", errors=errors)
 
 
+async def _ecs_disabled(services: Services) -> str | None:
+    if not await services.flags.get("ecs_enrichment"):
+        services.count_fallback("ECS enrichment is switched off")
+        return "ECS enrichment is switched off"
+    if services.breaker.state == "open":
+        services.count_fallback("ECS circuit open")
+        return f"ECS circuit open ({services.breaker.last_error or 'failures'})"
+    return None
+
+
 class QueryController(Controller):
     path = "/api/chronicles"
     tags = ["query"]  # noqa: RUF012 - Litestar reads these as class attributes
@@ -84,6 +95,9 @@ class QueryController(Controller):
             tenant_id=tenant_id,
             chronicle_id=chronicle_id,
             cache=getattr(services, "cache", None),
+            breaker=services.breaker,
+            ecs_budget_seconds=services.settings.ecs_timeout_ms / 1000,
+            ecs_disabled=await _ecs_disabled(services),
         )
         try:
             async with translate_database_errors():

@@ -58,6 +58,11 @@ async def test_runtime_flag_switches_ecs_off_and_on_without_restart(settings, en
             off = await ask(client, headers, chronicle)
             assert off["mode"] == "chronicle_only" and "switched off" in off["degraded_reason"]
             assert bram_location(off) == "Lantern Cellar"
+            fate = (await client.post(f"/api/chronicles/{chronicle}/query",
+                                      json={"type": "entity_fate", "entity": "Bram"}, headers=headers)).json()  # fmt: skip
+            assert fate["answered_from"] == "chronicle"
+            assert any("switched off" in u["reason"] for u in fate["unavailable"])
+            assert fate["current"]["location"]["value"] == "Lantern Cellar"
             status = (await client.get("/api/ops/status", headers=admin)).json()
             assert status["flags"] == {"ecs_enrichment": False}
             assert status["fallbacks_served"]["ECS enrichment is switched off"] >= 1
