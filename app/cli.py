@@ -37,8 +37,11 @@ DEMO_KEY_FILE = "demo-api-key"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["eval"]:  # `lore eval ...` is the evaluation harness's own command line
+        return cmd_eval(arguments[1:])
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
@@ -102,13 +105,33 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("chronicle", help="chronicle id")
         sub.set_defaults(handler=cmd_ecs, action=handler)
 
+    export = commands.add_parser("export", help="write a chronicle as JSON Lines (a header, then its events)")
+    export.add_argument("chronicle", help="chronicle id")
+    export.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    export.set_defaults(handler=cmd_export)
+
+    import_ = commands.add_parser("import", help="restore an exported chronicle as a new chronicle")
+    import_.add_argument("file", type=Path)
+    import_.add_argument("--tenant", required=True, help="tenant name")
+    import_.set_defaults(handler=cmd_import)
+
     ingest = commands.add_parser("ingest", help="append events from a JSON Lines file to a chronicle")
     ingest.add_argument("file", type=Path, help="one event object per line ('-' for standard input)")
     ingest.add_argument("--tenant", required=True, help="tenant name")
     ingest.add_argument("--chronicle", help="chronicle id (default: create one titled after the file)")
     ingest.add_argument("--batch-size", type=int, default=100, help="events per transaction (1..1000)")
     ingest.set_defaults(handler=cmd_ingest)
+
+    # Listed here for `lore --help`; `main` hands everything after `eval` to evals.cli.
+    commands.add_parser("eval", help="evaluation harness: `lore eval run DATASET...` (see `lore eval run --help`)",
+                        add_help=False)  # fmt: skip
     return parser
+
+
+def cmd_eval(arguments: Sequence[str]) -> int:
+    from evals.cli import main as eval_main
+
+    return eval_main(arguments)
 
 
 @contextlib.contextmanager
@@ -379,6 +402,119 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         return 0
 
     return int(_run_with_services(settings, work, need_redis=True))
+
+
+EXPORT_FORMAT = "lorekeeper-chronicle/1"
+
+
+def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    """Header line, then one line per event in sequence order: a restorable backup of a chronicle."""
+    from rag.schema import chronicles
+    from rag.store import EventFilters, list_events
+
+    chronicle_id = _chronicle_arg(args.chronicle)
+
+    async def work(services: Services) -> int:
+        from sqlalchemy import select
+
+        async with services.engine.connect() as conn:
+            row = (
+                (await conn.execute(select(chronicles).where(chronicles.c.id == chronicle_id)))
+                .mappings()
+                .first()
+            )
+            if row is None:
+                raise CliError(f"no chronicle {chronicle_id}")
+            out = args.out.open("w", encoding="utf-8") if args.out else sys.stdout
+            try:
+                header = {"format": EXPORT_FORMAT, "chronicle": {
+                    "id": str(row["id"]), "title": row["title"], "description": row["description"],
+                    "metadata": row["metadata"], "event_count": row["last_sequence"],
+                    "embedding_model": row["embedding_model"],
+                }}  # fmt: skip
+                out.write(msgspec.json.encode(header).decode() + "\n")
+                after, written = 0, 0
+                while True:
+                    page = await list_events(
+                        conn,
+                        row["tenant_id"],
+                        chronicle_id,
+                        EventFilters(),
+                        after_sequence=after,
+                        limit=5_000,
+                    )
+                    for event in page:
+                        body = {
+                            "summary": event.summary, "external_id": event.external_id, "kind": event.kind,
+                            "actors": event.actors, "location": event.location, "effects": event.effects,
+                            "occurred_at": event.occurred_at, "tags": event.tags, "importance": event.importance,
+                        }  # fmt: skip
+                        line = {"sequence": event.sequence, "recorded_at": event.recorded_at,
+                                "event": {k: v for k, v in body.items() if v is not None}}  # fmt: skip
+                        out.write(msgspec.json.encode(line).decode() + "\n")
+                        written += 1
+                    if len(page) < 5_000:
+                        break
+                    after = page[-1].sequence
+            finally:
+                if args.out:
+                    out.close()
+        print(f"exported {written} events of {chronicle_id}", file=sys.stderr)
+        return 0
+
+    return _run_with_services(settings, work)
+
+
+class _ExportedEvent(msgspec.Struct, forbid_unknown_fields=True):
+    sequence: int
+    recorded_at: str
+    event: EventIn
+
+
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    """A new chronicle with the exported events, in their order (embeddings are recomputed)."""
+    from tqdm import tqdm
+
+    from app.auth import find_tenant
+    from rag.ingest import ingest_batch
+    from rag.store import create_chronicle
+
+    if not args.file.is_file():
+        raise CliError(f"{args.file}: no such file")
+    lines = [line for line in args.file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise CliError(f"{args.file}: empty")
+    header = msgspec.json.decode(lines[0])
+    if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
+        raise CliError(f"{args.file}:1: not a chronicle export ({EXPORT_FORMAT})")
+    events: list[EventIn] = []
+    for number, line in enumerate(lines[1:], start=2):
+        try:
+            events.append(msgspec.json.decode(line, type=_ExportedEvent).event)
+        except (msgspec.ValidationError, msgspec.DecodeError) as error:
+            raise CliError(f"{args.file}:{number}: {error}; nothing was imported") from None
+    meta = header["chronicle"]
+
+    async def work(services: Services) -> uuid.UUID:
+        async with services.engine.begin() as conn:
+            tenant_id = await find_tenant(conn, args.tenant)
+            if tenant_id is None:
+                raise CliError(f"no tenant named {args.tenant!r}")
+            row = await create_chronicle(
+                conn, tenant_id, title=meta["title"], description=meta.get("description"),
+                metadata=meta.get("metadata") or {}, embedding_model=services.embedder.model_id,
+            )  # fmt: skip
+        with tqdm(total=len(events), unit="event", desc="import", file=sys.stderr) as progress:
+            for start in range(0, len(events), 500):
+                batch = events[start : start + 500]
+                await ingest_batch(services.engine, services.embed, tenant_id, row.id, batch)
+                progress.update(len(batch))
+        return row.id
+
+    chronicle_id = _run_with_services(settings, work)
+    print(f"imported {len(events)} events", file=sys.stderr)
+    print(chronicle_id)
+    return 0
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:

@@ -9,7 +9,8 @@ from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 
-from app.auth import Caller, caller_for_key
+from app.auth import Caller, caller_for_key, hash_key
+from app.ratelimit import retry_after_header
 from app.database import translate_database_errors
 from app.errors import ProblemError
 from app.services import Services
@@ -43,6 +44,12 @@ async def provide_caller(request: Request[Any, Any, Any], services: NamedDepende
     if scheme.lower() != "bearer" or not key.strip():
         raise _unauthorized("Authorization must be 'Bearer <api key>'")
     key = key.strip()
+    wait = services.rate_limiter.check(hash_key(key))
+    if wait is not None:
+        raise ProblemError(
+            429, "Too many requests", f"rate limit for this API key exceeded; retry in {wait:.1f} s",
+            problem_type="rate-limited", headers={"Retry-After": retry_after_header(wait)},
+        )  # fmt: skip
     cached = services.key_cache.get(key)
     if cached is not None:
         request.state.tenant_id = str(cached.tenant_id)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.auth import KeyCache
 from app.database import CHRONICLE_BRANCH, ECS_BRANCH, create_engine, migrate
 from app.flags import FeatureFlags
+from app.ratelimit import RateLimiter
 from app.runtime import Endpoints
 from app.settings import Settings
 from ecs.breaker import BreakerConfig, CircuitBreaker
@@ -48,6 +49,7 @@ class Services:
         self.ecs_engine = ecs_engine
         self.embedder = embedder
         self.key_cache = KeyCache()
+        self.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         self.templates = TemplateRegistry()
         self.replay_names = KnownNamesCache()
         self.fallbacks_served: dict[str, int] = {}

@@ -73,6 +73,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ecs_enrichment: bool = True
     """Initial value of the runtime flag (flip it without a restart through the admin route)."""
     replay_events_per_entity: int = 200
+    rate_limit_per_minute: int = 6_000
+    """Requests per API key per minute (each replica); 0 turns the limit off."""
+    rate_limit_burst: int = 1_000
 
     def redacted(self) -> dict[str, object]:
         """The settings as they may be logged: secrets and URL passwords masked."""
@@ -155,6 +158,8 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         stale_policy=_choice(get, "LORE_STALE_POLICY", "degrade", ("degrade", "warn")),
         ecs_enrichment=parse_bool("LORE_ECS_ENRICHMENT", get("LORE_ECS_ENRICHMENT"), True),
         replay_events_per_entity=_int(get, "LORE_REPLAY_EVENTS_PER_ENTITY", 200, 1, 1_000_000) or 200,
+        rate_limit_per_minute=_int(get, "LORE_RATE_LIMIT_PER_MINUTE", 6_000, 0, 10_000_000) or 0,
+        rate_limit_burst=_int(get, "LORE_RATE_LIMIT_BURST", 1_000, 1, 10_000_000) or 1_000,
     )
 
 
