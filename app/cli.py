@@ -123,8 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     ingest.set_defaults(handler=cmd_ingest)
 
     # Listed here for `lore --help`; `main` hands everything after `eval` to evals.cli.
-    commands.add_parser("eval", help="evaluation harness: `lore eval run DATASET...` (see `lore eval run --help`)",
-                        add_help=False)  # fmt: skip
+    commands.add_parser("eval", help="evaluation harness (`lore eval run --help`)", add_help=False)
     return parser
 
 
@@ -523,7 +522,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from app.auth import find_tenant
     from rag.events import MAX_BATCH_EVENTS, EventIn
     from rag.ingest import ingest_batch
-    from rag.store import create_chronicle, get_chronicle
+    from rag.store import create_chronicle, get_chronicle, refresh_statistics
 
     if not 1 <= args.batch_size <= MAX_BATCH_EVENTS:
         raise CliError(f"--batch-size must be between 1 and {MAX_BATCH_EVENTS}")
@@ -573,6 +572,9 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
                 new += sum(not r.duplicate for r in results)
                 duplicates += sum(r.duplicate for r in results)
                 progress.update(len(batch))
+        if new >= 1_000:
+            async with services.engine.begin() as conn:
+                await refresh_statistics(conn)
         return chronicle_id, new, duplicates
 
     chronicle_id, new, duplicates = _run_with_services(settings, work)

@@ -229,7 +229,10 @@ class EmbeddedPostgres(_LeasedServer):
             os.chown(socket_dir, entry.pw_uid, entry.pw_gid)
         options = (
             f"-h '' -k {socket_dir} -p {PG_PORT} -c max_connections=200 "
-            "-c shared_buffers=256MB -c maintenance_work_mem=256MB"
+            "-c shared_buffers=256MB -c maintenance_work_mem=256MB "
+            # Statistics must follow bulk loads quickly: with stale ones the planner scans a whole
+            # chronicle instead of using the HNSW and GIN indexes.
+            "-c autovacuum_naptime=5s"
         )
         result = self._run_as_owner(
             [

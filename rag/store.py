@@ -35,6 +35,7 @@ __all__ = [
     "list_chronicles",
     "list_events",
     "recent_events",
+    "refresh_statistics",
     "recorded_at_of",
 ]
 
@@ -372,3 +373,8 @@ async def recent_events(
         .limit(limit)
     )
     return [StoredEvent(**row._mapping) for row in rows]
+
+
+async def refresh_statistics(conn: AsyncConnection) -> None:
+    """ANALYZE the event log after a bulk load, so that searches use their indexes at once."""
+    await conn.execute(text("ANALYZE chronicle_events"))

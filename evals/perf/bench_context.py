@@ -46,7 +46,7 @@ from app.database import create_engine
 from app.embedded import EmbeddedPostgres, EmbeddedValkey
 from app.settings import to_asyncpg_url
 from evals.generator import generate_world
-from rag.store import append_events
+from rag.store import append_events, refresh_statistics
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "evals" / "perf" / "results" / "context.json"
@@ -78,7 +78,9 @@ def lore(args: list[str], env: dict[str, str]) -> str:
 
 
 async def write_chronicle(database_url: str, base: str, key: str, n: int) -> str:
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60
+    ) as client:
         chronicle = (await client.post("/api/chronicles", json={"title": f"bench-{n}"})).json()
     world = generate_world(n, seed=n, queries_per_kind=0)
     engine = create_engine(database_url, timeout_ms=600_000, pool_size=2)
@@ -98,6 +100,8 @@ async def write_chronicle(database_url: str, base: str, key: str, n: int) -> str
                                     {i: vectors[i].tolist() for i in range(len(batch))})  # fmt: skip
             if start % 20_000 == 0:
                 progress(f"  {start + len(batch)}/{n} events written")
+        async with engine.begin() as conn:  # what `lore ingest` does after a bulk load
+            await refresh_statistics(conn)
     finally:
         await engine.dispose()
     names = list(world.characters)[:50]
@@ -115,7 +119,12 @@ async def wait_projected(client: httpx.AsyncClient, chronicle: str, n: int, time
 
 
 async def run_requests(
-    client: httpx.AsyncClient, chronicle: str, names: list[str], count: int, concurrency: int, body: dict[str, Any]
+    client: httpx.AsyncClient,
+    chronicle: str,
+    names: list[str],
+    count: int,
+    concurrency: int,
+    body: dict[str, Any],
 ) -> dict[str, Any]:
     latencies: list[float] = []
     stages: dict[str, list[float]] = {}
@@ -130,7 +139,9 @@ async def run_requests(
             a, b = names[i % len(names)], names[(i * 7 + 3) % len(names)]
             query = QUESTIONS[i % len(QUESTIONS)].format(a=a, b=b)
             started = time.perf_counter()
-            response = await client.post(f"/api/chronicles/{chronicle}/context", json={"query": query, **body})
+            response = await client.post(
+                f"/api/chronicles/{chronicle}/context", json={"query": query, **body}
+            )
             latencies.append((time.perf_counter() - started) * 1000)
             if response.status_code != 200:
                 errors += 1
@@ -168,7 +179,9 @@ async def bench(sizes: list[int], requests: int, root: Path) -> dict[str, Any]:
     database_url = to_asyncpg_url(postgres.acquire())
     results: dict[str, Any] = {}
     try:
-        async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+        async with httpx.AsyncClient(
+            base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60
+        ) as client:
             for _ in range(240):
                 try:
                     if (await client.get("/ready")).status_code == 200:
@@ -213,7 +226,9 @@ async def bench(sizes: list[int], requests: int, root: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)

@@ -97,8 +97,16 @@ def upgrade() -> None:
     op.create_index("ecs_relationships_reverse_idx", "ecs_relationships", ["to_id", "from_id"])
     # Graph pages walk edges in creation order within a chronicle.
     op.create_index(
-        "ecs_relationships_chronicle_idx", "ecs_relationships", ["chronicle_id", "created_sequence", "from_id", "to_id"]
+        "ecs_relationships_chronicle_idx",
+        "ecs_relationships",
+        ["chronicle_id", "created_sequence", "from_id", "to_id"],
     )
+
+    for table in ("ecs_entities", "ecs_components", "ecs_relationships"):
+        # Projection writes these in large batches; keep their statistics close behind.
+        op.execute(
+            f"ALTER TABLE {table} SET (autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 500)"
+        )
 
     op.create_table(
         "ecs_valence_history",
