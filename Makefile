@@ -37,6 +37,24 @@ lint: $(STAMP) ## ruff and strict mypy on the domain packages
 bench: $(STAMP) ## Run the benchmarks in evals/perf and write evals/perf/results/
 	$(BIN)/python -m evals.perf.bench_ingest
 
+# The standard evaluation suite. bAbI and ProPara are capped at EVAL_LIMIT queries each (whole
+# stories/paragraphs in file order): all of them (4 x 1,000 bAbI + 4,271 ProPara questions, five
+# modes each, ~0.27 s per question) would take ~40 min on an idle 2-core machine and well over an
+# hour on a busy one; with 300 the suite took 10 min idle (measured; 20-25 min with other load).
+# An interrupted `make eval` continues with `make eval EVAL_ARGS=--resume`.
+EVAL_SUITE ?= generator:1000 generator:10000 babi:1 babi:2 babi:5 babi:6 propara
+EVAL_LIMIT ?= 300
+EVAL_ARGS ?=
+EVAL_SMOKE_OUT ?= .data/eval-smoke
+
+.PHONY: eval
+eval: $(STAMP) ## Evaluation suite, all modes side by side (10-25 min) -> evals/reports/latest/
+	$(BIN)/lore eval run $(EVAL_SUITE) --limit $(EVAL_LIMIT) --out evals/reports/latest $(EVAL_ARGS)
+
+.PHONY: eval-smoke
+eval-smoke: $(STAMP) ## Small evaluation (generator, 300 events); fails below the quality gate
+	$(BIN)/lore eval run generator:300 --out $(EVAL_SMOKE_OUT) --service-data-dir temp --fail-under 0.95 $(EVAL_ARGS)
+
 .PHONY: lock
 lock: ## Re-pin dependencies into requirements.lock from a fresh resolve
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet -e '.[dev]'

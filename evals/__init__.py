@@ -1,0 +1,1 @@
+"""Evaluations and benchmarks (not part of the service)."""
