@@ -3,8 +3,8 @@
 ECS is unhealthy when its circuit breaker is open, when a read fails or is slow (which also feeds
 the breaker), when the operator turned ECS enrichment off, or when it is too stale for the
 chronicle asked about (projection lag over a bound, or a parked chronicle). Every ECS read of one
-request shares one deadline, so a request never waits on ECS for longer than the breaker timeout
-in total before it falls back.
+request draws on one time budget, so a request never waits on ECS for longer than the breaker
+timeout in total before it falls back.
 """
 
 from __future__ import annotations
@@ -66,26 +66,38 @@ def is_ecs_failure(error: BaseException) -> bool:
 
 
 class GuardedEcsSource:
-    """An `EcsStateSource` whose every read goes through the breaker within one shared deadline."""
+    """An `EcsStateSource` whose every read goes through the breaker within one shared budget."""
 
     label = "ecs"
 
     def __init__(self, inner: EcsStateSource, breaker: CircuitBreaker, budget_seconds: float) -> None:
         self.inner = inner
         self.breaker = breaker
-        self._deadline = asyncio.get_running_loop().time() + budget_seconds
+        # Only the time spent waiting on ECS reads is charged to the request's budget. (It used to be
+        # a wall-clock deadline from here, which also charged the work between the reads - embedding
+        # the query, retrieval, rendering - to ECS: under CPU load a healthy ECS was then blamed,
+        # fed the breaker "slow" failures, and finished bundles were thrown away for a fallback.)
+        self._remaining = budget_seconds
 
     async def guard(self, operation: Callable[[], Awaitable[T]]) -> T:
-        remaining = self._deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
+        if self._remaining <= 0:
             self.breaker.record_failure("slow: request's ECS time budget used up")
             raise SlowCall("the request's ECS time budget is used up")
-        return await self.breaker.call(operation, timeout=remaining)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            return await self.breaker.call(operation, timeout=self._remaining)
+        finally:
+            self._remaining -= loop.time() - started
 
     async def known_entities(self) -> list[KnownEntity]:
         return await self.guard(self.inner.known_entities)
 
     async def entity_states(self, entity_ids: Sequence[str], as_of_sequence: int | None) -> list[EntityState]:
+        if as_of_sequence is not None and as_of_sequence < (await self.position() or 0):
+            # The past is replayed from the chronicle, not read from ECS: not an ECS call, so it
+            # neither spends the ECS budget nor feeds the breaker.
+            return await self.inner.replayed(entity_ids, as_of_sequence)
         return await self.guard(lambda: self.inner.entity_states(entity_ids, as_of_sequence))
 
     async def position(self) -> int | None:

@@ -28,7 +28,7 @@ from rag.context import EntityState, Fact, RelationFact
 from rag.events import normalize_name
 from rag.query_analysis import KnownEntity
 from rag.schema import chronicle_events
-from rag.store import EventFilters, StoredEvent, list_events
+from rag.store import EventFilters, StoredEvent, events_at, list_events
 
 __all__ = ["ChronicleReplayStateSource", "EcsStateSource", "KnownNamesCache", "state_from_world"]
 
@@ -99,16 +99,22 @@ def state_from_world(state: WorldState, entity_id: str) -> EntityState | None:
 
 
 def _location_provenance(state: WorldState, entity: Entity) -> Provenance | None:
-    """Where the current location came from: its own position, or its holder's (held items)."""
+    """The latest event that decided where the entity is: its own move, or for a held item the
+    later of being taken and its holder's last move (the item goes where its holder goes)."""
     seen: set[str] = set()
+    sources: list[Provenance] = []
     current: Entity | None = entity
     while current is not None and current.id not in seen:
         seen.add(current.id)
         if current.get(Position) is not None:
-            return current.provenance.get("position")
+            if (position := current.provenance.get("position")) is not None:
+                sources.append(position)
+            break
         holder = current.get(Holder)
+        if holder is not None and (taken := current.provenance.get("holder")) is not None:
+            sources.append(taken)
         current = state.entities.get(holder.holder) if holder is not None else None
-    return None
+    return max(sources, key=lambda p: p.sequence, default=None)
 
 
 def _plain(value: Any) -> Any:
@@ -161,7 +167,7 @@ class EcsStateSource:
             return []
         position = await self.position()
         if as_of_sequence is not None and as_of_sequence < (position or 0):
-            return await self._replayed(entity_ids, as_of_sequence)
+            return await self.replayed(entity_ids, as_of_sequence)
         states = []
         async with self.ecs_engine.connect() as conn:
             for raw_id in entity_ids:
@@ -175,6 +181,8 @@ class EcsStateSource:
                 related = [entity_id, *(i.id for i in view.inventory)]
                 if view.location is not None:
                     related.append(view.location.id)
+                if view.holder is not None:
+                    related.append(view.holder.id)
                 provenance = await self._provenance(conn, related)
                 states.append(self._from_view(view, provenance))
         return states
@@ -192,10 +200,14 @@ class EcsStateSource:
     @staticmethod
     def _from_view(view: Any, provenance: dict[tuple[uuid.UUID, str], Provenance]) -> EntityState:
         own = {name: provenance.get((view.id, name)) for name in view.components}
+        location_source = own.get("position")
         if view.holder is not None:
-            location_source = own.get("holder")
-        else:
-            location_source = own.get("position")
+            # A held item is where its holder is: its place changed when it was taken and
+            # whenever the holder moved since.
+            candidates = [own.get("holder"), provenance.get((view.holder.id, "position"))]
+            location_source = max(
+                (c for c in candidates if c is not None), key=lambda p: p.sequence, default=None
+            )
         return EntityState(
             id=str(view.id),
             name=view.name,
@@ -224,7 +236,8 @@ class EcsStateSource:
             ],
         )
 
-    async def _replayed(self, entity_ids: Sequence[str], as_of_sequence: int) -> list[EntityState]:
+    async def replayed(self, entity_ids: Sequence[str], as_of_sequence: int) -> list[EntityState]:
+        """The entities as they were at `as_of_sequence`, replayed from the chronicle."""
         events = await _events_up_to(self.chronicle_engine, self.tenant_id, self.chronicle_id, as_of_sequence)
         state, _, _ = replay_stored(events, self.chronicle_id)
         return [s for i in entity_ids if (s := state_from_world(state, i)) is not None]
@@ -255,21 +268,22 @@ class KnownNamesCache:
     """Names known in each chronicle, kept a few seconds: degraded mode serves many requests from
     the same chronicle, and scanning its recent events for names on each one would be wasteful."""
 
-    def __init__(self, ttl_seconds: float = 5.0, max_chronicles: int = 1_000) -> None:
+    def __init__(self, ttl_seconds: float = 60.0, max_chronicles: int = 1_000) -> None:
         self._ttl = ttl_seconds
         self._max = max_chronicles
-        self._entries: dict[uuid.UUID, tuple[float, list[KnownEntity]]] = {}
+        # Keyed by the chronicle's last sequence too: a new event may bring a new name.
+        self._entries: dict[uuid.UUID, tuple[float, int | None, list[KnownEntity]]] = {}
 
-    def get(self, chronicle_id: uuid.UUID) -> list[KnownEntity] | None:
+    def get(self, chronicle_id: uuid.UUID, sequence: int | None) -> list[KnownEntity] | None:
         entry = self._entries.get(chronicle_id)
-        if entry is None or entry[0] < time.monotonic():
+        if entry is None or entry[0] < time.monotonic() or entry[1] != sequence:
             return None
-        return entry[1]
+        return entry[2]
 
-    def put(self, chronicle_id: uuid.UUID, known: list[KnownEntity]) -> None:
+    def put(self, chronicle_id: uuid.UUID, sequence: int | None, known: list[KnownEntity]) -> None:
         if len(self._entries) >= self._max:
             self._entries.clear()
-        self._entries[chronicle_id] = (time.monotonic() + self._ttl, known)
+        self._entries[chronicle_id] = (time.monotonic() + self._ttl, sequence, known)
 
 
 class ChronicleReplayStateSource:
@@ -290,6 +304,7 @@ class ChronicleReplayStateSource:
         events_per_entity: int = 200,
         scan_events: int = 5_000,
         known_cache: KnownNamesCache | None = None,
+        chronicle_sequence: int | None = None,
     ) -> None:
         self.engine = chronicle_engine
         self.tenant_id = tenant_id
@@ -297,19 +312,41 @@ class ChronicleReplayStateSource:
         self.events_per_entity = events_per_entity
         self.scan_events = scan_events
         self.known_cache = known_cache
+        self.chronicle_sequence = chronicle_sequence
 
     async def position(self) -> int | None:
         return None
 
+    async def _replay_events_of(self, conn: Any, keys: set[str], as_of_sequence: int | None) -> WorldState:
+        """Replay the most recent events that involve any of `keys` (bounded), oldest first."""
+        conditions = [
+            chronicle_events.c.tenant_id == self.tenant_id,
+            chronicle_events.c.chronicle_id == self.chronicle_id,
+            chronicle_events.c.entity_keys.overlap(sorted(keys)),
+        ]
+        if as_of_sequence is not None:
+            conditions.append(chronicle_events.c.sequence <= as_of_sequence)
+        rows = await conn.execute(
+            select(chronicle_events.c.sequence)
+            .where(*conditions)
+            .order_by(chronicle_events.c.sequence.desc())
+            .limit(self.events_per_entity)
+        )
+        events = await events_at(conn, self.tenant_id, self.chronicle_id, [r[0] for r in rows])
+        world = WorldState(chronicle_id=str(self.chronicle_id))
+        for event in events:
+            apply_event(world, to_chronicle_event(event))
+        return world
+
     async def known_entities(self) -> list[KnownEntity]:
         """Names seen as actors, locations and effect targets in the recent chronicle."""
         if self.known_cache is not None:
-            cached = self.known_cache.get(self.chronicle_id)
+            cached = self.known_cache.get(self.chronicle_id, self.chronicle_sequence)
             if cached is not None:
                 return cached
         known = await self._scan_known()
         if self.known_cache is not None:
-            self.known_cache.put(self.chronicle_id, known)
+            self.known_cache.put(self.chronicle_id, self.chronicle_sequence, known)
         return known
 
     async def _scan_known(self) -> list[KnownEntity]:
@@ -358,40 +395,18 @@ class ChronicleReplayStateSource:
         async with self.engine.connect() as conn:
             for key in entity_ids:
                 entity = known.get(key)
-                keys = sorted({key, *(normalize_name(a) for a in entity.aliases)} if entity else {key})
-                conditions = [
-                    chronicle_events.c.tenant_id == self.tenant_id,
-                    chronicle_events.c.chronicle_id == self.chronicle_id,
-                    chronicle_events.c.entity_keys.overlap(keys),
-                ]
-                if as_of_sequence is not None:
-                    conditions.append(chronicle_events.c.sequence <= as_of_sequence)
-                sequences = [
-                    r[0]
-                    for r in await conn.execute(
-                        select(chronicle_events.c.sequence)
-                        .where(*conditions)
-                        .order_by(chronicle_events.c.sequence.desc())
-                        .limit(self.events_per_entity)
-                    )
-                ]
-                if not sequences:
-                    continue
-                events = await list_events(
-                    conn, self.tenant_id, self.chronicle_id,
-                    EventFilters(from_sequence=min(sequences), to_sequence=max(sequences)),
-                    after_sequence=0, limit=len(sequences) * 50 + 100,
-                )  # fmt: skip
-                wanted = set(sequences)
-                world = WorldState(chronicle_id=str(self.chronicle_id))
-                for event in events:
-                    if event.sequence in wanted:
-                        apply_event(world, to_chronicle_event(event))
-                entity_id = world.names.get(key) or next(
-                    (world.names[k] for k in keys if k in world.names), None
-                )
+                keys = {key, *(normalize_name(a) for a in entity.aliases)} if entity else {key}
+                world = await self._replay_events_of(conn, keys, as_of_sequence)
+                entity_id = next((world.names[k] for k in sorted(keys) if k in world.names), None)
                 if entity_id is None:
                     continue
+                holder = world.entities[entity_id].get(Holder)
+                if holder is not None and holder.holder in world.entities:
+                    # A held item goes where its holder goes: follow the holder's events too.
+                    holder_entity = world.entities[holder.holder]
+                    keys |= {normalize_name(n) for n in (holder_entity.name, *holder_entity.aliases)}
+                    world = await self._replay_events_of(conn, keys, as_of_sequence)
+                    entity_id = next((world.names[k] for k in sorted(keys) if k in world.names), entity_id)
                 state = state_from_world(world, entity_id)
                 if state is not None:
                     states.append(msgspec.structs.replace(state, id=key))

@@ -494,15 +494,31 @@ def _supersession(
         claimed_holder: str | None = None
         claimed_status: str | None = None
         moved = False
+        involved = any(normalize_name(a["name"]) in names for a in actors)
         for effect in effects:
             op = effect.get("op")
-            if op == "move" and normalize_name(str(effect.get("entity", ""))) in names:
+            target = normalize_name(str(effect.get("entity") or effect.get("item") or ""))
+            if target not in names:
+                continue
+            involved = True
+            if op == "move":
                 claimed_place, moved = str(effect.get("to")), True
-            elif op == "transfer" and normalize_name(str(effect.get("item", ""))) in names:
-                claimed_holder, moved = str(effect.get("to")), True
-            elif op == "status" and normalize_name(str(effect.get("entity", ""))) in names:
+            elif op == "transfer":
+                claimed_holder = str(effect.get("to"))
+            elif op == "status":
                 claimed_status = str(effect.get("status"))
-        if not moved and location and any(normalize_name(a["name"]) in names for a in actors):
+            elif op in ("set", "spawn"):
+                values = effect.get("components") or {}
+                if op == "set":
+                    values = {str(effect.get("component", "")).lower(): effect.get("value")}
+                holder = values.get("holder")
+                if isinstance(holder, dict):
+                    holder = holder.get("holder")
+                if isinstance(holder, str):
+                    claimed_holder = holder
+        # An event that involves the entity and happens somewhere puts it there (the actors by
+        # presence, a transferred item with its new holder), unless an effect moved it elsewhere.
+        if not moved and location and involved:
             claimed_place = location
         now_place = state.location
         if (
@@ -517,6 +533,7 @@ def _supersession(
         if claimed_holder is not None and (
             now_holder is None
             and state.location is not None
+            and (state.location.sequence or 0) > sequence
             or now_holder is not None
             and (now_holder.sequence or 0) > sequence
             and normalize_name(str(now_holder.value)) != normalize_name(claimed_holder)

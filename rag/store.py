@@ -30,6 +30,7 @@ __all__ = [
     "chronicle_heads",
     "claim_embedding_space",
     "create_chronicle",
+    "events_at",
     "existing_external_ids",
     "get_chronicle",
     "list_chronicles",
@@ -378,3 +379,21 @@ async def recent_events(
 async def refresh_statistics(conn: AsyncConnection) -> None:
     """ANALYZE the event log after a bulk load, so that searches use their indexes at once."""
     await conn.execute(text("ANALYZE chronicle_events"))
+
+
+async def events_at(
+    conn: AsyncConnection, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, sequences: Sequence[int]
+) -> list[StoredEvent]:
+    """The events at these sequences, in sequence order."""
+    if not sequences:
+        return []
+    rows = await conn.execute(
+        select(*_EVENT_COLUMNS)
+        .where(
+            chronicle_events.c.tenant_id == tenant_id,
+            chronicle_events.c.chronicle_id == chronicle_id,
+            chronicle_events.c.sequence.in_(list(sequences)),
+        )
+        .order_by(chronicle_events.c.sequence)
+    )
+    return [StoredEvent(**row._mapping) for row in rows]

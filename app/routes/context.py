@@ -94,11 +94,17 @@ async def build_bundle(
 
     async def degraded(reason: str) -> Bundle:
         services.count_fallback(reason)
-        return await assemble(_replay(services, tenant_id, chronicle_id), "chronicle_only", reason)
+        return await assemble(
+            _replay(services, tenant_id, chronicle_id, chronicle.last_sequence), "chronicle_only", reason
+        )
 
     async with translate_database_errors():
         if data.mode == "chronicle_only":
-            return await assemble(_replay(services, tenant_id, chronicle_id), "chronicle_only", "requested")
+            return await assemble(
+                _replay(services, tenant_id, chronicle_id, chronicle.last_sequence),
+                "chronicle_only",
+                "requested",
+            )
         if not await services.flags.get("ecs_enrichment"):
             return await degraded("ECS enrichment is switched off")
         if services.breaker.state == "open":
@@ -144,10 +150,12 @@ def _memoized(
     return cached
 
 
-def _replay(services: Services, tenant_id: uuid.UUID, chronicle_id: uuid.UUID) -> ChronicleReplayStateSource:
+def _replay(
+    services: Services, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, chronicle_sequence: int
+) -> ChronicleReplayStateSource:
     return ChronicleReplayStateSource(
         services.engine, tenant_id, chronicle_id, events_per_entity=services.settings.replay_events_per_entity,
-        known_cache=services.replay_names,
+        known_cache=services.replay_names, chronicle_sequence=chronicle_sequence,
     )  # fmt: skip
 
 

@@ -130,3 +130,24 @@ async def test_tenant_isolation_through_retrieval(client, tenant, other_tenant, 
         client, other_tenant, theirs["id"], query="Where did Bram die in the Lantern Cellar?"
     )
     assert all("Bram" not in h["summary"] for h in bundle["history"] + bundle["recent"])
+
+
+async def test_a_held_item_that_moved_with_its_holder_is_marked_superseded(client, engine, tenant) -> None:
+    chronicle = (await client.post("/api/chronicles", json={"title": "ball"}, headers=tenant.headers)).json()["id"]
+    events = [
+        {"summary": "Mary went to the kitchen.", "actors": ["Mary"], "location": "kitchen"},
+        {"summary": "Mary picked up the football there.", "actors": ["Mary"], "location": "kitchen",
+         "effects": [{"op": "transfer", "item": "football", "to": "Mary"}]},
+        {"summary": "Mary travelled to the garden.", "actors": ["Mary"], "location": "garden",
+         "effects": [{"op": "move", "entity": "Mary", "to": "garden"}]},
+    ]  # fmt: skip
+    await client.post(f"/api/chronicles/{chronicle}/events", json={"events": events}, headers=tenant.headers)
+    await Projector(engine, engine).catch_up(uuid.UUID(chronicle))
+    for mode in ("auto", "chronicle_only"):
+        bundle = await context(client, tenant, chronicle, query="Where is the football?", mode=mode)
+        football = state_of(bundle, "football")
+        assert football["location"]["value"] == "garden"
+        assert football["location"]["sequence"] == 3  # it moved when its holder did
+        pickup = next(h for h in bundle["history"] + bundle["recent"] if h["sequence"] == 2)
+        assert pickup["superseded"], (mode, pickup)
+        assert "now: football at garden" in pickup["superseded_note"]
