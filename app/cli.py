@@ -325,7 +325,8 @@ def _print_demo_banner(settings: Settings, key: str, chronicle_id: uuid.UUID) ->
                 "Lorekeeper demo is starting.",
                 f"  API key (tenant '{DEMO_TENANT}'): {key}",
                 f"  demo chronicle: {chronicle_id}",
-                f"  try: curl -s -H 'Authorization: Bearer {key}' {base}/api/chronicles/{chronicle_id}/events?limit=3",
+                f"  try: curl -s -H 'Authorization: Bearer {key}' "
+                f"{base}/api/chronicles/{chronicle_id}/events?limit=3",
                 f"  API docs: {base}/schema",
                 "",
             ]
@@ -446,7 +447,8 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
                         body = {
                             "summary": event.summary, "external_id": event.external_id, "kind": event.kind,
                             "actors": event.actors, "location": event.location, "effects": event.effects,
-                            "occurred_at": event.occurred_at, "tags": event.tags, "importance": event.importance,
+                            "occurred_at": event.occurred_at, "tags": event.tags,
+                            "importance": event.importance,
                         }  # fmt: skip
                         line = {"sequence": event.sequence, "recorded_at": event.recorded_at,
                                 "event": {k: v for k, v in body.items() if v is not None}}  # fmt: skip

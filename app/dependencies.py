@@ -10,9 +10,9 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 
 from app.auth import Caller, caller_for_key, hash_key
-from app.ratelimit import retry_after_header
 from app.database import translate_database_errors
 from app.errors import ProblemError
+from app.ratelimit import retry_after_header
 from app.services import Services
 
 __all__ = [

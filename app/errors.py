@@ -7,24 +7,37 @@ with their stack trace and answered with a 500 that carries none.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
+from http import HTTPStatus
 from typing import Any
 
 import msgspec
-from litestar import Request, Response
+from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import ResponseSpec
+from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from app.database import DatabaseUnavailable, is_unavailable_error
 from rag.embedding import EmbeddingConfigError, EmbeddingUnavailable
 from rag.store import EmbeddingSpaceMismatch
 
-__all__ = ["FieldError", "ProblemError", "exception_handlers", "problem_response"]
+__all__ = [
+    "FieldError",
+    "ProblemDetails",
+    "ProblemError",
+    "document_problem_responses",
+    "exception_handlers",
+    "problem_response",
+]
 
 log = logging.getLogger("lore.errors")
 
 PROBLEM_TYPE_BASE = "https://lorekeeper.dev/problems/"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = "2"
 
 
@@ -32,6 +45,20 @@ class FieldError(msgspec.Struct, frozen=True):
     field: str
     message: str
     index: int | None = None
+
+
+class ProblemDetails(msgspec.Struct, frozen=True, kw_only=True):
+    """The body of every error response, as `problem_response` builds it; for the OpenAPI schema.
+
+    Problem types may add members of their own (RFC 9457 extensions), so others are allowed.
+    """
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[FieldError] | None = None
 
 
 class ProblemError(Exception):
@@ -91,7 +118,7 @@ def problem_response(
         body["errors"] = [msgspec.to_builtins(e) for e in errors]
     if extra:
         body.update(extra)
-    return Response(body, status_code=status, media_type="application/problem+json", headers=headers)
+    return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
 def _handle_problem(request: Request[Any, Any, Any], exc: ProblemError) -> Response[dict[str, Any]]:
@@ -154,7 +181,8 @@ def _handle_embedding_unavailable(
 ) -> Response[dict[str, Any]]:
     log.warning("embedder unavailable on %s %s: %s", request.method, request.url.path, exc)
     return problem_response(
-        request, 503, "Service unavailable", f"the embedding model is unavailable ({exc}); nothing was stored",
+        request, 503, "Service unavailable",
+        f"the embedding model is unavailable ({exc}); nothing was stored",
         "embedding-unavailable", headers={"Retry-After": RETRY_AFTER_SECONDS},
     )  # fmt: skip
 
@@ -189,3 +217,54 @@ exception_handlers: dict[Any, Any] = {
     EmbeddingConfigError: _handle_embedding_config,
     Exception: _handle_internal,
 }
+
+
+# Handler parameters that are filled in by dependencies, not sent by the client.
+_INJECTED = frozenset({"self", "services", "tenant_id", "admin", "caller", "request", "scope", "state"})
+
+
+def _problem_statuses(path: str, handler: HTTPRouteHandler) -> list[int]:
+    parameters = set(inspect.signature(handler.fn).parameters)
+    statuses: set[int] = set()
+    if parameters & {"tenant_id", "admin", "caller"}:
+        # Authentication: a missing or unknown key, the per-key rate limit, and the key lookup's
+        # database being unreachable.
+        statuses |= {401, 429, 503}
+    if "admin" in parameters:
+        statuses.add(403)
+    if "{" in path:
+        statuses.add(404)
+    if parameters - _INJECTED:
+        statuses.add(400)
+    if "data" in parameters:
+        statuses |= {413, 422}
+    return sorted(statuses)
+
+
+def document_problem_responses(app: Litestar) -> None:
+    """Declare, on every `/api` operation, the problem-details errors it can answer with.
+
+    Found by fuzzing the API against its own OpenAPI schema (tests/fuzz): Litestar documents only a
+    400, as `application/json` with the body of its own ValidationException, while every error
+    here is `application/problem+json` with a `ProblemDetails` body (the handlers above), and the
+    401/403/404/422/429/503 were not documented at all. Declared from the handler's signature
+    (authenticated, admin, path or body parameters) so that a new route is documented too; a
+    response a handler declares itself wins. Call before the schema is first built (it is built
+    lazily, on the first request for it).
+    """
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or not route.path.startswith("/api/"):
+            continue
+        for handler in route.route_handlers:
+            if "OPTIONS" in handler.http_methods:
+                continue
+            problems = {
+                status: ResponseSpec(
+                    data_container=ProblemDetails,
+                    media_type=PROBLEM_MEDIA_TYPE,
+                    description=HTTPStatus(status).phrase,
+                    generate_examples=False,
+                )
+                for status in _problem_statuses(route.path, handler)
+            }
+            handler.responses = {**problems, **(handler.responses or {})}

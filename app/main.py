@@ -12,7 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 
 from app.dependencies import provide_admin, provide_caller, provide_services, provide_tenant
-from app.errors import exception_handlers
+from app.errors import document_problem_responses, exception_handlers
 from app.logs import request_log_middleware
 from app.metrics import Metrics, metrics_endpoint, metrics_middleware
 from app.routes.chronicles import ChronicleController
@@ -39,7 +39,7 @@ def create_app(settings: Settings, endpoints: Endpoints, *, embedder: Embedder |
             app.state.services = services
             yield
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             health,
             ready,
@@ -72,3 +72,6 @@ def create_app(settings: Settings, endpoints: Endpoints, *, embedder: Embedder |
         ),
         debug=False,
     )
+    # Errors are problem+json (app.errors); say so in the OpenAPI schema, route by route.
+    document_problem_responses(app)
+    return app

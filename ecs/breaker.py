@@ -98,7 +98,12 @@ class CircuitBreaker:
         self.rejected += 1
         return False
 
-    async def call(self, operation: Callable[[], Awaitable[T]], *, timeout: float | None = None) -> T:
+    async def call(
+        self,
+        operation: Callable[[], Awaitable[T]],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - enforcing a timeout is the breaker's job
+    ) -> T:
         """Run `operation` through the breaker; a call past the timeout is abandoned as slow."""
         if not self.allow():
             raise BreakerOpen(f"{self.name} circuit is open")

@@ -29,8 +29,8 @@ from rag.store import recorded_at_of
 __all__ = [
     "EcsUnhealthy",
     "GuardedEcsSource",
-    "StalenessPolicy",
     "Staleness",
+    "StalenessPolicy",
     "check_staleness",
     "is_ecs_failure",
 ]

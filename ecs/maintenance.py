@@ -221,8 +221,5 @@ async def verify_chronicle(
         *_diff_rows("component", stored[1], expected[1], lambda k: k[0], lambda k: k[1]),
         *_diff_rows("relationship", stored[2], expected[2], lambda k: k, lambda k: "relationship"),
     ]
-    if checkpoint is None:
-        hash_matches = not events
-    else:
-        hash_matches = checkpoint.state_hash == running_hash
+    hash_matches = not events if checkpoint is None else checkpoint.state_hash == running_hash
     return VerifyResult(chronicle_id, len(events), checkpoint_sequence, hash_matches, differences)

@@ -404,8 +404,8 @@ class ChronicleReplayStateSource:
                 if holder is not None and holder.holder in world.entities:
                     # A held item goes where its holder goes: follow the holder's events too.
                     holder_entity = world.entities[holder.holder]
-                    keys |= {normalize_name(n) for n in (holder_entity.name, *holder_entity.aliases)}
-                    world = await self._replay_events_of(conn, keys, as_of_sequence)
+                    holder_keys = {normalize_name(n) for n in (holder_entity.name, *holder_entity.aliases)}
+                    world = await self._replay_events_of(conn, keys | holder_keys, as_of_sequence)
                     entity_id = next((world.names[k] for k in sorted(keys) if k in world.names), entity_id)
                 state = state_from_world(world, entity_id)
                 if state is not None:

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from rag.events import normalize_name
 from rag.presets import RetrievalPreset
-from rag.query_analysis import KnownEntity, QueryAnalysis, analyse_query
+from rag.query_analysis import KnownEntity, analyse_query
 from rag.retrieval import RetrievalQuery, RetrievedEvent, retrieve, sources_for_mode
 from rag.store import EventFilters, StoredEvent, list_events, recent_events
 from rag.templates import TemplateRegistry
@@ -424,7 +424,9 @@ def _state_view(state: EntityState) -> dict[str, Any]:
         "kind": state.kind,
         "location": None if state.location is None else {"name": state.location.value,
                                                           "sequence": state.location.sequence},
-        "status": None if state.status is None else {"value": state.status.value, "sequence": state.status.sequence},
+        "status": None
+        if state.status is None
+        else {"value": state.status.value, "sequence": state.status.sequence},
         "inventory": [{"name": i.value, "sequence": i.sequence} for i in state.inventory],
         "components": {name: fact.value for name, fact in sorted(state.components.items())},
         "relationships": [
@@ -531,12 +533,12 @@ def _supersession(
                          + _status_suffix(state))  # fmt: skip
         now_holder = state.holder
         if claimed_holder is not None and (
-            now_holder is None
+            (now_holder is None
             and state.location is not None
-            and (state.location.sequence or 0) > sequence
-            or now_holder is not None
+            and (state.location.sequence or 0) > sequence)
+            or (now_holder is not None
             and (now_holder.sequence or 0) > sequence
-            and normalize_name(str(now_holder.value)) != normalize_name(claimed_holder)
+            and normalize_name(str(now_holder.value)) != normalize_name(claimed_holder))
         ):
             now = f"held by {now_holder.value}" if now_holder is not None else "not held by anyone"
             notes.append(f"earlier: {state.name} held by {claimed_holder}; now: {state.name} {now}")

@@ -36,8 +36,8 @@ __all__ = [
     "list_chronicles",
     "list_events",
     "recent_events",
-    "refresh_statistics",
     "recorded_at_of",
+    "refresh_statistics",
 ]
 
 CHANNEL_EVENTS: Final = "lore_events"

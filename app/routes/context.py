@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, Response, post
+from litestar.enums import MediaType
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 from litestar.params import FromPath, JSONBody
 
 from app.database import translate_database_errors
@@ -154,9 +158,24 @@ def _replay(
     services: Services, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, chronicle_sequence: int
 ) -> ChronicleReplayStateSource:
     return ChronicleReplayStateSource(
-        services.engine, tenant_id, chronicle_id, events_per_entity=services.settings.replay_events_per_entity,
+        services.engine, tenant_id, chronicle_id,
+        events_per_entity=services.settings.replay_events_per_entity,
         known_cache=services.replay_names, chronicle_sequence=chronicle_sequence,
     )  # fmt: skip
+
+
+@dataclass
+class _ContextOperation(Operation):
+    """Documents the second media type of the 200: `format: text` answers the text alone.
+
+    Found by fuzzing against the OpenAPI schema: the handler returns bytes, so Litestar documented
+    the 200 as a JSON string; it is a `Bundle` (JSON formats) or `text/plain` (the text format).
+    """
+
+    def __post_init__(self) -> None:
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse) and ok.content is not None:
+            ok.content[MediaType.TEXT.value] = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
 
 
 class ContextController(Controller):
@@ -167,6 +186,16 @@ class ContextController(Controller):
         "/{chronicle_id:uuid}/context",
         summary="A token-budgeted context bundle: current state plus relevant history",
         status_code=200,
+        # The handler builds the body itself (bytes); declare what it is, in both media types.
+        responses={
+            200: ResponseSpec(
+                data_container=Bundle,
+                media_type=MediaType.JSON,
+                description="The bundle (`format` json or both), or its text alone as text/plain (`format` text)",
+                generate_examples=False,
+            )
+        },
+        operation_class=_ContextOperation,
     )
     async def context(
         self,

@@ -105,7 +105,8 @@ def upgrade() -> None:
     for table in ("ecs_entities", "ecs_components", "ecs_relationships"):
         # Projection writes these in large batches; keep their statistics close behind.
         op.execute(
-            f"ALTER TABLE {table} SET (autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 500)"
+            f"ALTER TABLE {table} SET "
+            "(autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 500)"
         )
 
     op.create_table(

@@ -38,7 +38,7 @@ def state_of(bundle: dict, name: str) -> dict:
 
 async def test_where_is_bram_now_answers_from_state_and_marks_stale_history(client, tenant, story) -> None:
     bundle = await context(client, tenant, story, query="Where is Bram now?")
-    assert bundle["mode"] == "full"
+    assert bundle["mode"] == "full", bundle["degraded_reason"]
     assert bundle["chronicle_sequence"] == 40 and bundle["ecs_sequence"] == 40
     bram = state_of(bundle, "Bram")
     assert bram["location"]["value"] == "Lantern Cellar"
@@ -46,7 +46,7 @@ async def test_where_is_bram_now_answers_from_state_and_marks_stale_history(clie
     assert bram["status"]["sequence"] == 15
     assert "location" in bundle["manifest"]["facets"]
     stale = [h for h in bundle["history"] if h["superseded"]]
-    assert stale, bundle["history"]
+    assert stale, [(h["sequence"], h["summary"], h["why"]) for h in bundle["history"]]
     assert all("now: Bram at Lantern Cellar" in h["superseded_note"] for h in stale)
     assert "Lantern Cellar" in bundle["text"]
     assert bundle["token_count"] <= 1500
@@ -113,7 +113,7 @@ async def test_pov_limits_history_to_what_the_character_could_know(client, tenan
     # inn in event 4 was before she was there.
     sequences = {h["sequence"] for h in bundle["history"] + bundle["recent"]}
     assert 4 not in sequences
-    assert any("pov cannot know it" == o["reason"] for o in bundle["manifest"]["omitted"]) or sequences
+    assert any(o["reason"] == "pov cannot know it" for o in bundle["manifest"]["omitted"]) or sequences
 
 
 async def test_tenant_isolation_through_retrieval(client, tenant, other_tenant, story) -> None:
@@ -133,7 +133,9 @@ async def test_tenant_isolation_through_retrieval(client, tenant, other_tenant, 
 
 
 async def test_a_held_item_that_moved_with_its_holder_is_marked_superseded(client, engine, tenant) -> None:
-    chronicle = (await client.post("/api/chronicles", json={"title": "ball"}, headers=tenant.headers)).json()["id"]
+    chronicle = (await client.post("/api/chronicles", json={"title": "ball"}, headers=tenant.headers)).json()[
+        "id"
+    ]
     events = [
         {"summary": "Mary went to the kitchen.", "actors": ["Mary"], "location": "kitchen"},
         {"summary": "Mary picked up the football there.", "actors": ["Mary"], "location": "kitchen",

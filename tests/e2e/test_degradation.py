@@ -37,7 +37,9 @@ async def load_story(client, headers, engine, project: bool = True) -> str:
 
 
 async def ask(client, headers, chronicle, query="Where is Bram now?") -> dict:
-    response = await client.post(f"/api/chronicles/{chronicle}/context", json={"query": query}, headers=headers)
+    response = await client.post(
+        f"/api/chronicles/{chronicle}/context", json={"query": query}, headers=headers
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -46,12 +48,16 @@ def bram_location(bundle: dict) -> str:
     return next(s for s in bundle["state"] if s["name"] == "Bram")["location"]["value"]
 
 
-async def test_runtime_flag_switches_ecs_off_and_on_without_restart(settings, endpoints, embedder, engine) -> None:
+async def test_runtime_flag_switches_ecs_off_and_on_without_restart(
+    settings, endpoints, embedder, engine
+) -> None:
     app, headers, admin = await make_app(settings, endpoints, embedder, engine)
     async with AsyncTestClient(app=app, raise_server_exceptions=False) as client:
         chronicle = await load_story(client, headers, engine)
         assert (await ask(client, headers, chronicle))["mode"] == "full"
-        assert (await client.put("/api/admin/flags", json={"ecs_enrichment": False}, headers=headers)).status_code == 403
+        assert (
+            await client.put("/api/admin/flags", json={"ecs_enrichment": False}, headers=headers)
+        ).status_code == 403
         switched = await client.put("/api/admin/flags", json={"ecs_enrichment": False}, headers=admin)
         assert switched.status_code == 200 and switched.json()["shared"] is True
         try:
@@ -71,7 +77,9 @@ async def test_runtime_flag_switches_ecs_off_and_on_without_restart(settings, en
         assert (await ask(client, headers, chronicle))["mode"] == "full"
 
 
-async def test_too_stale_or_parked_chronicle_is_served_chronicle_only(settings, endpoints, embedder, engine) -> None:
+async def test_too_stale_or_parked_chronicle_is_served_chronicle_only(
+    settings, endpoints, embedder, engine
+) -> None:
     app, headers, _ = await make_app(settings, endpoints, embedder, engine, max_lag_events=10)
     async with AsyncTestClient(app=app, raise_server_exceptions=False) as client:
         chronicle = await load_story(client, headers, engine, project=False)
@@ -84,13 +92,19 @@ async def test_too_stale_or_parked_chronicle_is_served_chronicle_only(settings, 
         assert (await ask(client, headers, chronicle))["mode"] == "full"
 
         async with engine.begin() as conn:
-            await record_failure(conn, uuid.UUID(chronicle), attempts=9, retry_in_seconds=60, error="boom", park=True)
+            await record_failure(
+                conn, uuid.UUID(chronicle), attempts=9, retry_in_seconds=60, error="boom", park=True
+            )
         parked = await ask(client, headers, chronicle)
         assert parked["mode"] == "chronicle_only" and "parked" in parked["degraded_reason"]
 
 
-async def test_stale_policy_warn_keeps_full_mode_with_a_warning(settings, endpoints, embedder, engine) -> None:
-    app, headers, _ = await make_app(settings, endpoints, embedder, engine, max_lag_events=10, stale_policy="warn")
+async def test_stale_policy_warn_keeps_full_mode_with_a_warning(
+    settings, endpoints, embedder, engine
+) -> None:
+    app, headers, _ = await make_app(
+        settings, endpoints, embedder, engine, max_lag_events=10, stale_policy="warn"
+    )
     async with AsyncTestClient(app=app, raise_server_exceptions=False) as client:
         chronicle = await load_story(client, headers, engine, project=False)
         bundle = await ask(client, headers, chronicle)
@@ -103,14 +117,18 @@ async def test_redis_down_is_not_an_ecs_failure(settings, endpoints, embedder, e
     async with engine.begin() as conn:
         _, key = await create_tenant(conn, f"noredis-{time.time_ns()}")
     headers = {"Authorization": f"Bearer {key}"}
-    app = create_app(msgspec.structs.replace(settings, redis_url=dead_redis.redis_url), dead_redis, embedder=embedder)
+    app = create_app(
+        msgspec.structs.replace(settings, redis_url=dead_redis.redis_url), dead_redis, embedder=embedder
+    )
     async with AsyncTestClient(app=app, raise_server_exceptions=False) as client:
         chronicle = await load_story(client, headers, engine)
         for _ in range(3):
             bundle = await ask(client, headers, chronicle)
             assert bundle["mode"] == "full"
             assert bram_location(bundle) == "Lantern Cellar"
-        entities = (await client.get(f"/api/chronicles/{chronicle}/entities?kind=character", headers=headers)).json()
+        entities = (
+            await client.get(f"/api/chronicles/{chronicle}/entities?kind=character", headers=headers)
+        ).json()
         bram = next(e for e in entities["items"] if e["name"] == "Bram")
         view = await client.get(f"/api/entities/{bram['id']}", headers=headers)
         assert view.status_code == 200 and view.json()["status"] == "dead"

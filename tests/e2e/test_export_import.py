@@ -54,7 +54,11 @@ async def test_export_import_round_trip(client, engine, tenant: Tenant, database
     assert lore(["export", new_chronicle, "--out", str(second)], database_url).returncode == 0
     assert comparable(first) == comparable(second)
     restored = (await client.get(f"/api/chronicles/{new_chronicle}", headers=tenant.headers)).json()
-    assert restored["title"] == "Round trip" and restored["metadata"] == {"v": 1} and restored["event_count"] == 41
+    assert (
+        restored["title"] == "Round trip"
+        and restored["metadata"] == {"v": 1}
+        and restored["event_count"] == 41
+    )
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"format": "something else"}\n')

@@ -26,7 +26,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 async def test_api_keys_are_stored_only_as_hashes(engine, tenant: Tenant) -> None:
     async with engine.connect() as conn:
-        rows = (await conn.execute(select(api_keys).where(api_keys.c.tenant_id == tenant.id))).mappings().all()
+        rows = (
+            (await conn.execute(select(api_keys).where(api_keys.c.tenant_id == tenant.id))).mappings().all()
+        )
     assert len(rows) == 1
     stored = " ".join(str(v) for v in rows[0].values())
     assert tenant.key not in stored
@@ -35,13 +37,22 @@ async def test_api_keys_are_stored_only_as_hashes(engine, tenant: Tenant) -> Non
 
 @pytest.fixture
 async def foreign_ids(client, engine, tenant: Tenant) -> dict[str, str]:
-    chronicle = (await client.post("/api/chronicles", json={"title": "secret"}, headers=tenant.headers)).json()["id"]
+    chronicle = (
+        await client.post("/api/chronicles", json={"title": "secret"}, headers=tenant.headers)
+    ).json()["id"]
     events = [msgspec.to_builtins(e) for e in load_sample_story()]
     await client.post(f"/api/chronicles/{chronicle}/events", json={"events": events}, headers=tenant.headers)
     await Projector(engine, engine).catch_up(uuid.UUID(chronicle))
-    listed = (await client.get(f"/api/chronicles/{chronicle}/entities?limit=500", headers=tenant.headers)).json()
+    listed = (
+        await client.get(f"/api/chronicles/{chronicle}/entities?limit=500", headers=tenant.headers)
+    ).json()
     by_name = {e["name"]: e["id"] for e in listed["items"]}
-    return {"chronicle_id": chronicle, "entity_id": by_name["Bram"], "a": by_name["Oswin"], "b": by_name["Corvin"]}
+    return {
+        "chronicle_id": chronicle,
+        "entity_id": by_name["Bram"],
+        "a": by_name["Oswin"],
+        "b": by_name["Corvin"],
+    }
 
 
 async def test_every_route_hides_another_tenants_ids(client, foreign_ids, other_tenant: Tenant) -> None:
@@ -60,7 +71,9 @@ async def test_every_route_hides_another_tenants_ids(client, foreign_ids, other_
             url = url.replace("{" + name + "}", value)
         assert "{" not in url, f"no foreign id for a parameter of {path}"
         for method in operations:
-            response = await client.request(method.upper(), url, json=bodies.get(path), headers=other_tenant.headers)
+            response = await client.request(
+                method.upper(), url, json=bodies.get(path), headers=other_tenant.headers
+            )
             assert response.status_code == 404, (method, path, response.status_code, response.text)
             assert response.headers["content-type"].startswith("application/problem+json")
             checked += 1
@@ -79,7 +92,9 @@ async def test_admin_routes_need_an_admin_key(client, foreign_ids, tenant: Tenan
 async def test_request_size_is_limited(settings, endpoints, embedder, engine) -> None:
     async with engine.begin() as conn:
         _, key = await create_tenant(conn, f"size-{time.time_ns()}")
-    app = create_app(msgspec.structs.replace(settings, max_request_bytes=10_000), endpoints, embedder=embedder)
+    app = create_app(
+        msgspec.structs.replace(settings, max_request_bytes=10_000), endpoints, embedder=embedder
+    )
     async with AsyncTestClient(app=app, raise_server_exceptions=False) as client:
         headers = {"Authorization": f"Bearer {key}"}
         chronicle = (await client.post("/api/chronicles", json={"title": "s"}, headers=headers)).json()["id"]
@@ -104,7 +119,9 @@ async def test_rate_limit_per_key_answers_429_with_retry_after(settings, endpoin
         assert last.status_code == 429 and int(last.headers["retry-after"]) >= 1
         assert last.json()["type"].endswith("/rate-limited")
         # Another key has its own bucket.
-        assert (await client.get("/api/chronicles", headers={"Authorization": f"Bearer {other}"})).status_code == 200
+        assert (
+            await client.get("/api/chronicles", headers={"Authorization": f"Bearer {other}"})
+        ).status_code == 200
 
 
 async def test_logs_hold_no_keys_no_event_text_and_only_hashed_tenants(
@@ -114,10 +131,14 @@ async def test_logs_hold_no_keys_no_event_text_and_only_hashed_tenants(
 
     caplog.set_level(logging.DEBUG)
     secret_summary = "The vault code is 7-4-1-9 and nobody may know it."
-    chronicle = (await client.post("/api/chronicles", json={"title": "logs"}, headers=tenant.headers)).json()["id"]
+    chronicle = (await client.post("/api/chronicles", json={"title": "logs"}, headers=tenant.headers)).json()[
+        "id"
+    ]
     await client.post(f"/api/chronicles/{chronicle}/events", json={"events": [{"summary": secret_summary}]},
                       headers=tenant.headers)  # fmt: skip
-    await client.post(f"/api/chronicles/{chronicle}/context", json={"query": "vault code"}, headers=tenant.headers)
+    await client.post(
+        f"/api/chronicles/{chronicle}/context", json={"query": "vault code"}, headers=tenant.headers
+    )
     await client.get("/api/chronicles", headers={"Authorization": "Bearer lk_wrong"})
     formatter = JsonFormatter()
     lines = [formatter.format(record) for record in caplog.records]
