@@ -37,6 +37,10 @@ lint: $(STAMP) ## ruff and strict mypy on the domain packages
 bench: $(STAMP) ## Run the benchmarks in evals/perf and write evals/perf/results/
 	$(BIN)/python -m evals.perf.bench_ingest
 
+.PHONY: load
+load: $(STAMP) ## 10-minute mixed load with faults -> evals/perf/results/load.json
+	$(BIN)/python -m evals.perf.load
+
 # The standard evaluation suite. bAbI and ProPara are capped at EVAL_LIMIT queries each (whole
 # stories/paragraphs in file order): all of them (4 x 1,000 bAbI + 4,271 ProPara questions, five
 # modes each, ~0.27 s per question) would take ~40 min on an idle 2-core machine and well over an
@@ -54,6 +58,20 @@ eval: $(STAMP) ## Evaluation suite, all modes side by side (10-25 min) -> evals/
 .PHONY: eval-smoke
 eval-smoke: $(STAMP) ## Small evaluation (generator, 300 events); fails below the quality gate
 	$(BIN)/lore eval run generator:300 --out $(EVAL_SMOKE_OUT) --service-data-dir temp --fail-under 0.95 $(EVAL_ARGS)
+
+# Fuzzing: schemathesis against the API's own OpenAPI schema (tests/fuzz), every operation, valid
+# and invalid input, on the embedded servers. The short run (10 examples per operation) is part of
+# `make test`; this is the long one. Bounded twice: once FUZZ_BUDGET seconds are spent the
+# operations not yet fuzzed are skipped (and say so), and pytest-timeout ends any one operation
+# after FUZZ_TIMEOUT seconds. 200 examples took ~2-3 min on an idle 2-core machine.
+FUZZ_EXAMPLES ?= 200
+FUZZ_BUDGET ?= 900
+FUZZ_TIMEOUT ?= 600
+
+.PHONY: fuzz
+fuzz: $(STAMP) ## Fuzz the API against its OpenAPI schema (schemathesis; bounded, ~3 min)
+	LORE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) LORE_FUZZ_BUDGET_S=$(FUZZ_BUDGET) \
+	  $(BIN)/pytest tests/fuzz -p no:cacheprovider --timeout=$(FUZZ_TIMEOUT) $(PYTEST_ARGS)
 
 .PHONY: lock
 lock: ## Re-pin dependencies into requirements.lock from a fresh resolve
