@@ -193,19 +193,29 @@ async def bench(n_events: int, root: Path) -> dict[str, Any]:
         progress("entity reads: through the cache, Zipf-distributed")
         cache = EntityCache.from_url(redis_url, engine)
         # Zipf over entity popularity: a few protagonists are read far more often than the rest.
-        ranks = rng.zipf(1.2, 20_000)
+        # The first 10,000 reads warm the cache (every first read of an entity is a miss); the
+        # hit ratio is reported for them and, separately, for the 20,000 steady-state reads after.
+        ranks = rng.zipf(1.2, 30_000)
         picks = [entity_ids[(r - 1) % len(entity_ids)] for r in ranks]
         cached: list[float] = []
+        warm_hits = warm_misses = 0
         async with engine.connect() as conn:
-            for entity_id in picks:
+            for index, entity_id in enumerate(picks):
+                if index == 10_000:
+                    warm_hits, warm_misses = cache.hits, cache.misses
                 t = time.perf_counter()
                 core = await cache.get(tenant_id, entity_id)
                 assert core is not None
                 await complete_view(conn, core)
                 cached.append(time.perf_counter() - t)
-        results["entity_read_cached_ms"] = percentiles(cached[2_000:])
-        results["cache"] = {"reads": len(picks), "hits": cache.hits, "misses": cache.misses,
-                            "hit_ratio": round(cache.hit_ratio, 4)}  # fmt: skip
+        steady_hits, steady_misses = cache.hits - warm_hits, cache.misses - warm_misses
+        results["entity_read_cached_ms"] = percentiles(cached[10_000:])
+        results["cache"] = {
+            "warm_up_reads": 10_000, "warm_up_hit_ratio": round(warm_hits / max(1, warm_hits + warm_misses), 4),
+            "reads": 20_000, "hits": steady_hits, "misses": steady_misses,
+            "hit_ratio": round(steady_hits / max(1, steady_hits + steady_misses), 4),
+            "distinct_entities_read": len(set(picks)),
+        }  # fmt: skip
         own_only: list[float] = []
         for entity_id in picks[:5_000]:
             t = time.perf_counter()
