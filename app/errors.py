@@ -13,6 +13,7 @@ import re
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 import msgspec
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -194,6 +195,31 @@ def _handle_embedding_config(request: Request[Any, Any, Any], exc: Exception) ->
     )
 
 
+# PostgreSQL refuses NUL (U+0000) in text and jsonb: character_not_in_repertoire (text
+# parameters) and untranslatable_character (a \u0000 escape in jsonb).
+_UNSTORABLE_TEXT_SQLSTATES = frozenset({"22021", "22P05"})
+
+
+def _unrepresentable_input(exc: BaseException) -> str | None:
+    """Why the database could not take a value the client sent, if that is what `exc` is."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending and len(seen) < 16:
+        error = pending.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if getattr(error, "sqlstate", None) in _UNSTORABLE_TEXT_SQLSTATES:
+            return "text must not contain NUL (U+0000) characters: they cannot be stored or searched"
+        if isinstance(error, asyncpg.DataError) and isinstance(error.__cause__, OverflowError):
+            # asyncpg could not encode a parameter as bigint (only then: other OverflowErrors are ours)
+            return "an integer is out of range (at most 9223372036854775807)"
+        # Explicit chains only (SQLAlchemy's `orig`, `raise ... from`), never an unrelated context.
+        causes = (getattr(error, "orig", None), error.__cause__)
+        pending += [cause for cause in causes if isinstance(cause, BaseException)]
+    return None
+
+
 def _handle_internal(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     if isinstance(exc, DatabaseUnavailable) or is_unavailable_error(exc):
         return _handle_unavailable(request, exc)
@@ -201,6 +227,16 @@ def _handle_internal(request: Request[Any, Any, Any], exc: Exception) -> Respons
         return problem_response(
             request, 409, "Embedding model mismatch", str(exc), "embedding-model-mismatch"
         )
+    reason = _unrepresentable_input(exc)
+    if reason is not None:
+        # Found by fuzzing (tests/fuzz): client values the database cannot take came back as 500s.
+        # A NUL in nearly any string (a chronicle title or its metadata, a query filter, a path
+        # name, a context query, a hybrid question), and an integer past bigint (`from_sequence`,
+        # `as_of_sequence`, a question's `sequence`). They are the client's input: 422 in a
+        # body (the only place a POST or PUT here carries them), 400 in query or path parameters.
+        # (Event batches reject NUL up front, naming the field: rag.events._NO_NUL.)
+        status = 422 if request.method in ("POST", "PUT", "PATCH") else 400
+        return problem_response(request, status, "Invalid request", reason, "invalid-request")
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response(
         request, HTTP_500_INTERNAL_SERVER_ERROR, "Internal server error",

@@ -128,7 +128,9 @@ async def _projection_lag(services: Services) -> list[Metric]:
 
 # media_type documents the 200 as text (the exposition format), not the JSON string Litestar
 # assumed for a bytes body (found by fuzzing against the OpenAPI schema).
-@get("/metrics", summary="Prometheus metrics", tags=["ops"], include_in_schema=True, media_type=MediaType.TEXT)
+@get(
+    "/metrics", summary="Prometheus metrics", tags=["ops"], include_in_schema=True, media_type=MediaType.TEXT
+)
 async def metrics_endpoint(request: Request[Any, Any, Any], services: ServicesDep) -> Response[bytes]:
     metrics: Metrics = request.app.state.metrics
     return Response(await metrics.render(services), media_type=CONTENT_TYPE_LATEST)

@@ -555,7 +555,18 @@ class _Session:
         if remaining <= 0:
             breaker.record_failure("slow: question's ECS time budget used up")
             raise SlowCall("the question's ECS time budget is used up")
-        return await breaker.call(call, timeout=remaining)
+        # "ECS does not know this name" is an answer from a healthy ECS, not a failure: it must
+        # not count against the breaker, so it travels through the guarded call as a value.
+        async def answered() -> tuple[T | None, _NotProjected | None]:
+            try:
+                return await call(), None
+            except _NotProjected as missing:
+                return None, missing
+
+        result, missing = await breaker.call(answered, timeout=remaining)
+        if missing is not None:
+            raise missing
+        return result  # type: ignore[return-value]
 
     @property
     def answered_from(self) -> Source:

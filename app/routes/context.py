@@ -191,7 +191,7 @@ class ContextController(Controller):
             200: ResponseSpec(
                 data_container=Bundle,
                 media_type=MediaType.JSON,
-                description="The bundle (`format` json or both), or its text alone as text/plain (`format` text)",
+                description="The bundle, or (`format: text`) its text alone as text/plain",
                 generate_examples=False,
             )
         },

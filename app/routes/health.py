@@ -25,7 +25,9 @@ async def health() -> dict[str, str]:
     tags=["ops"],
     # Not ready is a 503 with the same body (found by fuzzing against the OpenAPI schema).
     responses={
-        503: ResponseSpec(dict[str, Any], description="Not ready: the same checks, failing", generate_examples=False)
+        503: ResponseSpec(
+            dict[str, Any], description="Not ready: the same checks, failing", generate_examples=False
+        )
     },
 )
 async def ready(services: ServicesDep) -> Response[dict[str, Any]]:

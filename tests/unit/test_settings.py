@@ -164,7 +164,7 @@ def test_special_characters_in_password_survive(raw: str) -> None:
 def test_special_characters_in_user_survive() -> None:
     url = make_url(to_asyncpg_url("postgresql://me%40corp:pw@h/db"))
     assert url.username == "me@corp"
-    assert url.password == "pw"  # noqa: S105
+    assert url.password == "pw"
 
 
 def test_ecs_database_url_converts_too() -> None:
