@@ -1,0 +1,1 @@
+"""Performance benchmarks: `python -m evals.perf.bench_ingest`."""
