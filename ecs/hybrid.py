@@ -555,6 +555,7 @@ class _Session:
         if remaining <= 0:
             breaker.record_failure("slow: question's ECS time budget used up")
             raise SlowCall("the question's ECS time budget is used up")
+
         # "ECS does not know this name" is an answer from a healthy ECS, not a failure: it must
         # not count against the breaker, so it travels through the guarded call as a value.
         async def answered() -> tuple[T | None, _NotProjected | None]:

@@ -22,11 +22,9 @@ from ecs.repository import (
     write_full_state,
 )
 from ecs.schema import ecs_components, ecs_entities, ecs_relationships
-from rag.store import EventFilters, StoredEvent, chronicle_heads, list_events
+from rag.store import StoredEvent, chronicle_heads, events_up_to
 
 __all__ = ["Difference", "RebuildResult", "VerifyResult", "rebuild_chronicle", "verify_chronicle"]
-
-READ_PAGE = 5_000
 
 
 class Difference(msgspec.Struct, frozen=True):
@@ -63,22 +61,8 @@ class RebuildResult(msgspec.Struct, frozen=True):
 async def _read_all_events(
     engine: AsyncEngine, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, up_to: int | None = None
 ) -> list[StoredEvent]:
-    events: list[StoredEvent] = []
-    after = 0
     async with engine.connect() as conn:
-        while True:
-            page = await list_events(
-                conn,
-                tenant_id,
-                chronicle_id,
-                EventFilters(to_sequence=up_to),
-                after_sequence=after,
-                limit=READ_PAGE,
-            )
-            events += page
-            if len(page) < READ_PAGE:
-                return events
-            after = page[-1].sequence
+        return await events_up_to(conn, tenant_id, chronicle_id, up_to)
 
 
 async def _tenant_of(engine: AsyncEngine, chronicle_id: uuid.UUID) -> uuid.UUID | None:

@@ -28,7 +28,7 @@ from rag.context import EntityState, Fact, RelationFact
 from rag.events import normalize_name
 from rag.query_analysis import KnownEntity
 from rag.schema import chronicle_events
-from rag.store import EventFilters, StoredEvent, events_at, list_events
+from rag.store import events_at, events_up_to
 
 __all__ = ["ChronicleReplayStateSource", "EcsStateSource", "KnownNamesCache", "state_from_world"]
 
@@ -238,30 +238,10 @@ class EcsStateSource:
 
     async def replayed(self, entity_ids: Sequence[str], as_of_sequence: int) -> list[EntityState]:
         """The entities as they were at `as_of_sequence`, replayed from the chronicle."""
-        events = await _events_up_to(self.chronicle_engine, self.tenant_id, self.chronicle_id, as_of_sequence)
+        async with self.chronicle_engine.connect() as conn:
+            events = await events_up_to(conn, self.tenant_id, self.chronicle_id, as_of_sequence)
         state, _, _ = replay_stored(events, self.chronicle_id)
         return [s for i in entity_ids if (s := state_from_world(state, i)) is not None]
-
-
-async def _events_up_to(
-    engine: AsyncEngine, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, up_to: int
-) -> list[StoredEvent]:
-    events: list[StoredEvent] = []
-    after = 0
-    async with engine.connect() as conn:
-        while True:
-            page = await list_events(
-                conn,
-                tenant_id,
-                chronicle_id,
-                EventFilters(to_sequence=up_to),
-                after_sequence=after,
-                limit=5_000,
-            )
-            events += page
-            if len(page) < 5_000:
-                return events
-            after = page[-1].sequence
 
 
 class KnownNamesCache:

@@ -27,7 +27,7 @@ from rag.events import normalize_name
 from rag.presets import RetrievalPreset
 from rag.query_analysis import KnownEntity, analyse_query
 from rag.retrieval import RetrievalQuery, RetrievedEvent, retrieve, sources_for_mode
-from rag.store import EventFilters, StoredEvent, list_events, recent_events
+from rag.store import StoredEvent, events_up_to, recent_events
 from rag.templates import TemplateRegistry
 from rag.tokens import TokenCounter
 
@@ -380,17 +380,7 @@ async def _knowable_sequences(conn: Any, request: ContextRequest, pov_keys: list
     Where the character was is followed through its own events: each event it takes part in puts
     it at that event's location (and a `move` of it, to the target), until the next such event.
     """
-    events: list[StoredEvent] = []
-    after = 0
-    while True:
-        page = await list_events(
-            conn, request.tenant_id, request.chronicle_id, EventFilters(to_sequence=upto),
-            after_sequence=after, limit=5_000,
-        )  # fmt: skip
-        events += page
-        if len(page) < 5_000:
-            break
-        after = page[-1].sequence
+    events = await events_up_to(conn, request.tenant_id, request.chronicle_id, upto)
     keys = set(pov_keys)
     knowable: set[int] = set()
     here: str | None = None
@@ -533,12 +523,12 @@ def _supersession(
                          + _status_suffix(state))  # fmt: skip
         now_holder = state.holder
         if claimed_holder is not None and (
-            (now_holder is None
-            and state.location is not None
-            and (state.location.sequence or 0) > sequence)
-            or (now_holder is not None
-            and (now_holder.sequence or 0) > sequence
-            and normalize_name(str(now_holder.value)) != normalize_name(claimed_holder))
+            (now_holder is None and state.location is not None and (state.location.sequence or 0) > sequence)
+            or (
+                now_holder is not None
+                and (now_holder.sequence or 0) > sequence
+                and normalize_name(str(now_holder.value)) != normalize_name(claimed_holder)
+            )
         ):
             now = f"held by {now_holder.value}" if now_holder is not None else "not held by anyone"
             notes.append(f"earlier: {state.name} held by {claimed_holder}; now: {state.name} {now}")

@@ -31,6 +31,7 @@ __all__ = [
     "claim_embedding_space",
     "create_chronicle",
     "events_at",
+    "events_up_to",
     "existing_external_ids",
     "get_chronicle",
     "list_chronicles",
@@ -397,3 +398,19 @@ async def events_at(
         .order_by(chronicle_events.c.sequence)
     )
     return [StoredEvent(**row._mapping) for row in rows]
+
+
+async def events_up_to(
+    conn: AsyncConnection, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, up_to: int | None, page: int = 5_000
+) -> list[StoredEvent]:
+    """Every event of a chronicle in sequence order (up to a sequence, if given), read in pages."""
+    events: list[StoredEvent] = []
+    after = 0
+    while True:
+        rows = await list_events(
+            conn, tenant_id, chronicle_id, EventFilters(to_sequence=up_to), after_sequence=after, limit=page
+        )
+        events += rows
+        if len(rows) < page:
+            return events
+        after = rows[-1].sequence
