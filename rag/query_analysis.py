@@ -340,9 +340,28 @@ def _build_terms(known: Sequence[KnownEntity]) -> dict[str, list[_Term]]:
     return index
 
 
+_INDEX_CACHE: dict[int, tuple[tuple[tuple[str, str, tuple[str, ...]], ...], dict[str, list[_Term]]]] = {}
+_INDEX_CACHE_SIZE: Final = 64
+
+
+def _terms_for(known: Sequence[KnownEntity]) -> dict[str, list[_Term]]:
+    """`_build_terms`, memoized: a chronicle's entities rarely change between two questions, and
+    tokenising a thousand names on every request cost more than the rest of the analysis."""
+    fingerprint = tuple((k.id, k.name, tuple(k.aliases)) for k in known)
+    key = hash(fingerprint)
+    cached = _INDEX_CACHE.get(key)
+    if cached is not None and cached[0] == fingerprint:
+        return cached[1]
+    index = _build_terms(known)
+    if len(_INDEX_CACHE) >= _INDEX_CACHE_SIZE:
+        _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))
+    _INDEX_CACHE[key] = (fingerprint, index)
+    return index
+
+
 def _find_mentions(text: str, known: Sequence[KnownEntity]) -> list[tuple[str, tuple[int, int], bool]]:
     """``(entity_id, span, ambiguous)`` for every match, left to right, non-overlapping."""
-    index = _build_terms(known)
+    index = _terms_for(known)
     if not index:
         return []
     folded, spans = _split(text)
