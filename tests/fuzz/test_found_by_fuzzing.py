@@ -3,7 +3,8 @@
 Client values that PostgreSQL cannot take came back as 500s: a NUL character (U+0000) in almost
 any string (schemathesis found it in a chronicle's title; these are the other places it reached),
 and an integer past bigint (found in `from_sequence`). Each must now be a client error with a
-problem-details body: 422 in a body, 400 in a query or path parameter.
+problem-details body: 422 in a body, 400 in a query or path parameter. And hybrid questions
+naming unknown entities opened the ECS circuit breaker (for every tenant) although ECS was up.
 """
 
 from __future__ import annotations
