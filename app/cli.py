@@ -168,6 +168,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             port=settings.port,
             log_level=settings.log_level.lower(),
             access_log=False,
+            # Our handlers (JSON for serve) stay in charge: uvicorn's default dictConfig would
+            # otherwise reconfigure logging after start-up and its lines would come out as text.
+            log_config=None,
         )
         # uvicorn handles SIGINT/SIGTERM itself while serving, shuts down cleanly, then re-raises
         # the signal; that is the normal way to stop, so it ends here with success. Leaving the

@@ -33,7 +33,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _STANDARD and not key.startswith("_") and key != "color_message":
                 entry[key] = value
         if "tenant_id" in entry:  # never raw: callers should pass tenant= already hashed
             entry["tenant"] = hash_tenant(str(entry.pop("tenant_id")))

@@ -71,6 +71,9 @@ def create_app(settings: Settings, endpoints: Endpoints, *, embedder: Embedder |
             render_plugins=[ScalarRenderPlugin()],
         ),
         debug=False,
+        # Logging is configured once by the CLI (JSON for serve); Litestar's default config would
+        # replace those handlers at start-up.
+        logging_config=None,
     )
     # Errors are problem+json (app.errors); say so in the OpenAPI schema, route by route.
     document_problem_responses(app)
