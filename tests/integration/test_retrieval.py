@@ -228,14 +228,17 @@ async def test_filtered_vector_search_returns_k_rows_with_iterative_scan(engine,
     assert all(h.event_id in story.sequence_of for h in relaxed)
     assert relaxed[0].event_id == story.by_external["salt-road-015"]
     strict = await search("strict_order", force_hnsw=True)
-    assert [h.event_id for h in strict] == [h.event_id for h in relaxed]
+    assert {h.event_id for h in strict} == {h.event_id for h in relaxed}
     # Without the iterative scan the index returns its ef_search nearest rows, all of them the
     # other tenant's, and the filter leaves (observed) none.
     assert len(await search("off", force_hnsw=True)) < 10
-    # The planner's own choice (exact, via the btree) also gives k rows.
-    assert [h.event_id for h in await search("relaxed_order", force_hnsw=False)] == [
-        h.event_id for h in relaxed
-    ]
+    # The planner's own choice (exact via the btree, or the index once statistics say the
+    # chronicle is small) also gives k rows, and the approximate search found (nearly) the same
+    # ones: same best match, recall@10 of at least 0.8 against it.
+    chosen = await search("relaxed_order", force_hnsw=False)
+    assert len(chosen) == 10
+    assert chosen[0].event_id == relaxed[0].event_id
+    assert len({h.event_id for h in chosen} & {h.event_id for h in relaxed}) >= 8
 
 
 async def test_as_of_sequence_excludes_later_events(engine, story, embed) -> None:
