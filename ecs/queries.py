@@ -50,7 +50,7 @@ from rag.events import (
     normalize_name,
 )
 from rag.schema import chronicle_events
-from rag.store import EventFilters, StoredEvent, list_events
+from rag.store import EVENT_COLUMNS, EventFilters, StoredEvent, list_events
 
 __all__ = [
     "Direction",
@@ -929,23 +929,6 @@ async def valence_history(
 # The chronicle side: timelines, headlines, replay
 
 
-_EVENT_COLUMNS = (
-    chronicle_events.c.id,
-    chronicle_events.c.chronicle_id,
-    chronicle_events.c.sequence,
-    chronicle_events.c.external_id,
-    chronicle_events.c.kind,
-    chronicle_events.c.summary,
-    chronicle_events.c.actors,
-    chronicle_events.c.location,
-    chronicle_events.c.effects,
-    chronicle_events.c.occurred_at,
-    chronicle_events.c.recorded_at,
-    chronicle_events.c.tags,
-    chronicle_events.c.importance,
-)
-
-
 def entity_event_keys(name: str, aliases: Iterable[str], entity_id: uuid.UUID) -> list[str]:
     """The ``entity_keys`` an event mentioning this entity carries: its name, aliases or id."""
     keys = {normalize_name(name), str(entity_id)} | {normalize_name(a) for a in aliases}
@@ -963,7 +946,7 @@ async def events_involving(
     to_sequence: int | None = None,
 ) -> list[StoredEvent]:
     """Chronicle events (as actor, location or effect reference) naming any of ``keys``."""
-    query = select(*_EVENT_COLUMNS).where(
+    query = select(*EVENT_COLUMNS).where(
         chronicle_events.c.tenant_id == tenant_id,
         chronicle_events.c.chronicle_id == chronicle_id,
         chronicle_events.c.sequence > after_sequence,

@@ -20,6 +20,7 @@ from rag.schema import chronicle_events, chronicles, embedding_spaces
 
 __all__ = [
     "CHANNEL_EVENTS",
+    "EVENT_COLUMNS",
     "ChronicleHead",
     "ChronicleRow",
     "EmbeddingSpaceMismatch",
@@ -103,7 +104,7 @@ _CHRONICLE_COLUMNS = (
     chronicles.c.updated_at,
 )
 
-_EVENT_COLUMNS = (
+EVENT_COLUMNS = (  # what a StoredEvent is built from, in its field order
     chronicle_events.c.id,
     chronicle_events.c.chronicle_id,
     chronicle_events.c.sequence,
@@ -330,7 +331,7 @@ async def list_events(
     if filters.occurred_before is not None:
         conditions.append(chronicle_events.c.occurred_at <= filters.occurred_before)
     rows = await conn.execute(
-        select(*_EVENT_COLUMNS).where(and_(*conditions)).order_by(chronicle_events.c.sequence).limit(limit)
+        select(*EVENT_COLUMNS).where(and_(*conditions)).order_by(chronicle_events.c.sequence).limit(limit)
     )
     return [StoredEvent(**row._mapping) for row in rows]
 
@@ -365,7 +366,7 @@ async def recent_events(
 ) -> list[StoredEvent]:
     """The last `limit` events at or before sequence `up_to`, newest first."""
     rows = await conn.execute(
-        select(*_EVENT_COLUMNS)
+        select(*EVENT_COLUMNS)
         .where(
             chronicle_events.c.tenant_id == tenant_id,
             chronicle_events.c.chronicle_id == chronicle_id,
@@ -389,7 +390,7 @@ async def events_at(
     if not sequences:
         return []
     rows = await conn.execute(
-        select(*_EVENT_COLUMNS)
+        select(*EVENT_COLUMNS)
         .where(
             chronicle_events.c.tenant_id == tenant_id,
             chronicle_events.c.chronicle_id == chronicle_id,
