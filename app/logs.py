@@ -7,13 +7,10 @@ import hashlib
 import json
 import logging
 import sys
-import time
 import uuid
 from typing import Any
 
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
-
-__all__ = ["JsonFormatter", "configure_logging", "hash_tenant", "request_log_middleware"]
+__all__ = ["JsonFormatter", "access_log", "configure_logging", "hash_tenant"]
 
 access_log = logging.getLogger("lore.access")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -53,37 +50,3 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level)
     # httpx logs every request URL at INFO; quiet it (URLs can carry ids a tenant would not share).
     logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-def request_log_middleware(app: ASGIApp) -> ASGIApp:
-    """One access line per request: method, route template (never the raw path), status, time."""
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = {"code": 500}
-
-        async def capture(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await app(scope, receive, capture)
-        finally:
-            state = scope.get("state") or {}
-            tenant = state.get("tenant_id")
-            access_log.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "route": scope.get("path_template") or "unmatched",
-                    "status": status["code"],
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "tenant": hash_tenant(tenant) if tenant else None,
-                },
-            )
-
-    return middleware

@@ -13,7 +13,6 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 
 from app.dependencies import provide_admin, provide_caller, provide_services, provide_tenant
 from app.errors import document_problem_responses, exception_handlers
-from app.logs import request_log_middleware
 from app.metrics import Metrics, metrics_endpoint, metrics_middleware
 from app.routes.chronicles import ChronicleController
 from app.routes.context import ContextController
@@ -52,7 +51,7 @@ def create_app(settings: Settings, endpoints: Endpoints, *, embedder: Embedder |
             OpsController,
             QueryController,
         ],
-        middleware=[request_log_middleware, metrics_middleware],
+        middleware=[metrics_middleware],
         state=State({"metrics": Metrics()}),
         lifespan=[services_lifespan],
         dependencies={

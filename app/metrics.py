@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from app.dependencies import ServicesDep
+from app.logs import access_log, hash_tenant
 from app.services import Services
 from ecs.repository import read_checkpoints
 from rag.store import chronicle_heads
@@ -137,7 +138,8 @@ async def metrics_endpoint(request: Request[Any, Any, Any], services: ServicesDe
 
 
 def metrics_middleware(app: ASGIApp) -> ASGIApp:
-    """Time every HTTP request and label it with its route template (never the raw path)."""
+    """Time every HTTP request: one latency observation and one access-log line, both labelled
+    with the route template (never the raw path) and, in the log, a hash of the tenant."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -154,11 +156,21 @@ def metrics_middleware(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, capture)
         finally:
+            elapsed = time.perf_counter() - started
             route = scope.get("path_template") or "unmatched"
             metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
             if metrics is not None:
-                metrics.request_seconds.labels(scope["method"], route, str(status["code"])).observe(
-                    time.perf_counter() - started
-                )
+                metrics.request_seconds.labels(scope["method"], route, str(status["code"])).observe(elapsed)
+            tenant = (scope.get("state") or {}).get("tenant_id")
+            access_log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status["code"],
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "tenant": hash_tenant(tenant) if tenant else None,
+                },
+            )
 
     return middleware
