@@ -20,9 +20,10 @@ from app.runtime import Endpoints
 from app.settings import Settings
 from ecs.breaker import BreakerConfig, CircuitBreaker
 from ecs.cache import EntityCache
-from ecs.guard import StalenessPolicy
+from ecs.guard import StalenessPolicy, is_ecs_failure
 from ecs.projector import Projector
 from ecs.relay import OutboxRelay
+from ecs.repository import read_checkpoint
 from ecs.state_source import KnownNamesCache
 from rag.embedding import Embedder, create_embedder
 from rag.store import claim_embedding_space
@@ -81,14 +82,58 @@ class Services:
         self.relay = OutboxRelay(ecs_engine, self.redis) if self.redis is not None else None
         self.flags = FeatureFlags(self.redis, {"ecs_enrichment": settings.ecs_enrichment})
         self.cache = EntityCache.from_url(endpoints.redis_url, ecs_engine)
+        self._catch_ups: dict[uuid.UUID, asyncio.Task[int]] = {}
         self.projector = Projector(
             engine,
             ecs_engine,
             batch_size=settings.projector_batch_size,
             max_attempts=settings.projector_max_attempts,
+            coalesce_seconds=settings.projector_coalesce_ms / 1000,
             listen_url=endpoints.database_url.replace("postgresql+asyncpg://", "postgresql://", 1),
             on_committed=self._after_projection,
         )
+
+    async def ensure_projected(self, chronicle_id: uuid.UUID, chronicle_sequence: int) -> None:
+        """Read-your-writes for ECS reads: catch the projection up to `chronicle_sequence` if it is
+        a little behind. Best effort: an unhealthy ECS is left to the reads that follow (which go
+        through the breaker and fall back), and a lag over the staleness bound is left to the
+        background projector."""
+
+        async def read_position() -> tuple[int, bool]:
+            async with self.ecs_engine.connect() as conn:
+                checkpoint = await read_checkpoint(conn, chronicle_id)
+            if checkpoint is None:
+                return 0, False
+            return checkpoint.last_sequence, checkpoint.parked_at is not None
+
+        try:
+            position, parked = await self.breaker.call(read_position)
+        except Exception as error:
+            if is_ecs_failure(error):
+                return
+            raise
+        if not parked and 0 < chronicle_sequence - position <= self.staleness.max_lag_events:
+            await self.catch_up(chronicle_id)
+
+    async def catch_up(self, chronicle_id: uuid.UUID) -> None:
+        """Project this chronicle's pending events now, waiting at most the ECS timeout.
+
+        Requests for the same chronicle share one catch-up; it is never cancelled when a request
+        stops waiting (a projection cut off mid-transaction would only be redone), and its failure
+        surfaces as the lag the caller still sees afterwards.
+        """
+        task = self._catch_ups.get(chronicle_id)
+        if task is None:
+            task = asyncio.create_task(self.projector.catch_up(chronicle_id), name=f"catch-up {chronicle_id}")
+            self._catch_ups[chronicle_id] = task
+            task.add_done_callback(lambda done: self._catch_up_done(chronicle_id, done))
+        await asyncio.wait({task}, timeout=self.settings.ecs_timeout_ms / 1000)
+
+    def _catch_up_done(self, chronicle_id: uuid.UUID, task: asyncio.Task[int]) -> None:
+        if self._catch_ups.get(chronicle_id) is task:
+            del self._catch_ups[chronicle_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.info("catch-up of chronicle %s failed: %s", chronicle_id, task.exception())
 
     async def _after_projection(self, chronicle_id: uuid.UUID, touched: set[str]) -> None:
         await self.cache.on_committed(chronicle_id, touched)
@@ -105,6 +150,9 @@ class Services:
         return await asyncio.get_running_loop().run_in_executor(self._embed_pool, self.embedder.embed, texts)
 
     async def aclose(self) -> None:
+        for task in list(self._catch_ups.values()):
+            task.cancel()
+        await asyncio.gather(*self._catch_ups.values(), return_exceptions=True)
         self._embed_pool.shutdown(wait=False, cancel_futures=True)
         await self.cache.aclose()
         if self.redis is not None:

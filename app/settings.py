@@ -58,6 +58,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Run the ECS projector inside the service (off when dedicated `lore worker`s do it)."""
     projector_batch_size: int = 1_000
     projector_max_attempts: int = 5
+    projector_coalesce_ms: int = 100
     ecs_timeout_ms: int = 250
     """Total time one request may wait on ECS reads before it falls back to a chronicle replay."""
     breaker_window: int = 20
@@ -146,6 +147,7 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         run_projector=parse_bool("LORE_RUN_PROJECTOR", get("LORE_RUN_PROJECTOR"), True),
         projector_batch_size=_int(get, "LORE_PROJECTOR_BATCH_SIZE", 1_000, 1, 100_000) or 1_000,
         projector_max_attempts=_int(get, "LORE_PROJECTOR_MAX_ATTEMPTS", 5, 1, 1_000) or 5,
+        projector_coalesce_ms=_int(get, "LORE_PROJECTOR_COALESCE_MS", 100, 0, 60_000) or 0,
         ecs_timeout_ms=_int(get, "LORE_ECS_TIMEOUT_MS", 250, 10, 60_000) or 250,
         breaker_window=_int(get, "LORE_BREAKER_WINDOW", 20, 1, 10_000) or 20,
         breaker_minimum_calls=_int(get, "LORE_BREAKER_MINIMUM_CALLS", 5, 1, 10_000) or 5,

@@ -110,8 +110,16 @@ async def check_staleness(
     chronicle_id: uuid.UUID,
     chronicle_sequence: int,
     policy: StalenessPolicy,
+    *,
+    catch_up: Callable[[], Awaitable[None]] | None = None,
 ) -> Staleness:
-    """How far ECS is behind this chronicle; reading the checkpoint is itself a guarded ECS read."""
+    """How far ECS is behind this chronicle; reading the checkpoint is itself a guarded ECS read.
+
+    With `catch_up`, a lag within the policy's bounds is first worked off (read-your-writes): a
+    client that just appended events and asks at once must not get the state from before them.
+    `catch_up` returns when the projection is done or its time is up; a lag left after it is
+    reported as the reason to fall back, since the chronicle replay is always current.
+    """
 
     async def read() -> tuple[int, bool]:
         async with source.inner.ecs_engine.connect() as conn:
@@ -121,6 +129,12 @@ async def check_staleness(
         return checkpoint.last_sequence, checkpoint.parked_at is not None
 
     position, parked = await source.guard(read)
+    caught_up = False
+    if catch_up is not None and not parked and 0 < chronicle_sequence - position <= policy.max_lag_events:
+        await catch_up()
+        position, parked = await source.guard(read)
+        caught_up = True
+    source.inner.remember_position(position)
     lag_events = max(0, chronicle_sequence - position)
     lag_seconds = 0.0
     if lag_events:
@@ -135,6 +149,8 @@ async def check_staleness(
         reason = f"ECS is {lag_events} events behind (bound {policy.max_lag_events})"
     elif lag_seconds > policy.max_lag_seconds:
         reason = f"ECS is {lag_seconds:.0f} s behind (bound {policy.max_lag_seconds:.0f} s)"
+    elif caught_up and lag_events:
+        reason = f"ECS is {lag_events} events behind and did not catch up in time"
     return Staleness(
         checkpoint_sequence=position, lag_events=lag_events, lag_seconds=round(lag_seconds, 3), parked=parked,
         reason=reason,

@@ -107,6 +107,7 @@ class Projector:
         backoff_base_seconds: float = 0.5,
         backoff_max_seconds: float = 60.0,
         poll_interval_seconds: float = 1.0,
+        coalesce_seconds: float = 0.0,
         on_committed: OnCommitted | None = None,
         listen_url: str | None = None,
         reducer: Callable[[WorldState, ChronicleEvent], EventChanges] = apply_event,
@@ -118,6 +119,11 @@ class Projector:
         self.backoff_base = backoff_base_seconds
         self.backoff_max = backoff_max_seconds
         self.poll_interval = poll_interval_seconds
+        # After a wake-up, wait this long for more events before projecting: a batch costs about
+        # the same few round trips whether it holds one event or fifty, so a stream of small
+        # ingests is projected in fewer, larger batches. Readers that need the newest events do
+        # not wait for it: they catch the chronicle up themselves (`catch_up`).
+        self.coalesce = coalesce_seconds
         self.on_committed = on_committed
         self.listen_url = listen_url
         # The pure reducer; replaceable so that tests can make a chosen event fail.
@@ -301,6 +307,8 @@ class Projector:
                     continue  # there may be more; sweep again at once
                 self._wake.clear()
                 await _wait_any(stop, self._wake, self.poll_interval)
+                if self._wake.is_set() and self.coalesce > 0:
+                    await _wait(stop, self.coalesce)
         finally:
             self.stats.running = False
             if listener is not None:

@@ -155,6 +155,10 @@ class EcsStateSource:
                 KnownEntity(id=str(r.id), name=r.name, aliases=list(r.aliases), kind=r.kind) for r in rows
             ]
 
+    def remember_position(self, position: int) -> None:
+        """The checkpoint as the caller just read it, so that `position` need not read it again."""
+        self._position = position
+
     async def position(self) -> int | None:
         if self._position is None:
             async with self.ecs_engine.connect() as conn:

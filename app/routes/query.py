@@ -87,8 +87,12 @@ class QueryController(Controller):
         tenant_id: TenantId,
     ) -> HybridResult:
         async with translate_database_errors(), services.engine.connect() as conn:
-            if await get_chronicle(conn, tenant_id, chronicle_id) is None:
-                raise not_found("chronicle", chronicle_id)
+            chronicle = await get_chronicle(conn, tenant_id, chronicle_id)
+        if chronicle is None:
+            raise not_found("chronicle", chronicle_id)
+        ecs_disabled = await _ecs_disabled(services)
+        if ecs_disabled is None:
+            await services.ensure_projected(chronicle_id, chronicle.last_sequence)
         scope = Scope(
             chronicle_engine=services.engine,
             ecs_engine=services.ecs_engine,
@@ -97,7 +101,7 @@ class QueryController(Controller):
             cache=getattr(services, "cache", None),
             breaker=services.breaker,
             ecs_budget_seconds=services.settings.ecs_timeout_ms / 1000,
-            ecs_disabled=await _ecs_disabled(services),
+            ecs_disabled=ecs_disabled,
         )
         try:
             async with translate_database_errors():

@@ -153,3 +153,56 @@ async def test_a_held_item_that_moved_with_its_holder_is_marked_superseded(clien
         pickup = next(h for h in bundle["history"] + bundle["recent"] if h["sequence"] == 2)
         assert pickup["superseded"], (mode, pickup)
         assert "now: football at garden" in pickup["superseded_note"]
+
+
+async def test_events_just_appended_are_in_the_state_without_waiting_for_the_projector(
+    client, engine, tenant
+) -> None:
+    """Read-your-writes: the shared test app runs no background projector, so only the request's
+    own catch-up can put the move appended just before into the state."""
+    chronicle = (await client.post("/api/chronicles", json={"title": "ryw"}, headers=tenant.headers)).json()[
+        "id"
+    ]
+    events = [
+        {"summary": "Ilse entered the mill.", "actors": ["Ilse"], "location": "mill"},
+        {"summary": "Ilse walked to the weir.", "actors": ["Ilse"], "location": "weir",
+         "effects": [{"op": "move", "entity": "Ilse", "to": "weir"}]},
+    ]  # fmt: skip
+    for event in events:  # one POST each, asking right after each, as a turn-by-turn client does
+        response = await client.post(
+            f"/api/chronicles/{chronicle}/events", json={"events": [event]}, headers=tenant.headers
+        )
+        assert response.status_code == 200
+        bundle = await context(client, tenant, chronicle, query="Where is Ilse now?")
+        assert bundle["mode"] == "full", bundle["degraded_reason"]
+        assert (
+            bundle["ecs_sequence"] == bundle["chronicle_sequence"] == response.json()["events"][0]["sequence"]
+        )
+        assert state_of(bundle, "Ilse")["location"]["value"] == event["location"]
+    listed = await client.get(
+        f"/api/chronicles/{chronicle}/entities", params={"location": "weir"}, headers=tenant.headers
+    )
+    assert [e["name"] for e in listed.json()["items"]] == ["Ilse"]
+
+
+async def test_a_lag_over_the_bound_is_not_caught_up_in_the_request(
+    client, engine, tenant, monkeypatch
+) -> None:
+    """Catching up a long backlog inside a request would blow its latency: over the staleness
+    bound the request is served from the chronicle replay instead, and ECS is left untouched."""
+    services = client.app.state.services
+    monkeypatch.setattr(services, "staleness", msgspec.structs.replace(services.staleness, max_lag_events=1))
+    chronicle = (await client.post("/api/chronicles", json={"title": "lag"}, headers=tenant.headers)).json()[
+        "id"
+    ]
+    events = [
+        {"summary": f"Ilse counted sack {n} at the mill.", "actors": ["Ilse"], "location": "mill"}
+        for n in range(3)
+    ]
+    await client.post(f"/api/chronicles/{chronicle}/events", json={"events": events}, headers=tenant.headers)
+    bundle = await context(client, tenant, chronicle, query="Where is Ilse now?")
+    assert bundle["mode"] == "chronicle_only"
+    assert "3 events behind" in bundle["degraded_reason"]
+    assert state_of(bundle, "Ilse")["location"]["value"] == "mill"
+    status = (await client.get(f"/api/chronicles/{chronicle}/ecs", headers=tenant.headers)).json()
+    assert status["checkpoint_sequence"] == 0
