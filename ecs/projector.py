@@ -270,6 +270,10 @@ class Projector:
 
     async def run_once(self) -> int:
         """One sweep over every due chronicle; returns events applied."""
+        return await self._sweep()
+
+    async def _sweep(self) -> int:
+        """Project every due chronicle until each has no full batch left; returns events applied."""
         applied = 0
         for chronicle_id in await self.pending_chronicles():
             while True:
@@ -288,8 +292,10 @@ class Projector:
         failures = 0
         try:
             while not stop.is_set():
+                # Cleared before the sweep, so that an event notified during it wakes the next one.
+                self._wake.clear()
                 try:
-                    applied = await self.run_once()
+                    await self._sweep()
                     failures = 0
                 except Exception as error:  # the loop must survive any outage
                     failures += 1
@@ -303,10 +309,10 @@ class Projector:
                                     failures, delay, self.stats.last_error)  # fmt: skip
                     await _wait(stop, delay)
                     continue
-                if applied:
-                    continue  # there may be more; sweep again at once
-                self._wake.clear()
-                await _wait_any(stop, self._wake, self.poll_interval)
+                # A sweep ends only when every chronicle it found due has no full batch left, so
+                # there is nothing to do until new events are notified (or the poll comes round).
+                if not self._wake.is_set():
+                    await _wait_any(stop, self._wake, self.poll_interval)
                 if self._wake.is_set() and self.coalesce > 0:
                     await _wait(stop, self.coalesce)
         finally:

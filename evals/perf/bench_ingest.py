@@ -260,9 +260,9 @@ def bench_embedder(texts: list[str], warmup: list[str]) -> dict[str, Any]:
 class Service:
     """`lore serve` on a fresh embedded data directory; always cleaned up by `close`."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_env: dict[str, str] | None = None) -> None:
         self.data_dir = Path(tempfile.mkdtemp(prefix="lore-bench-"))
-        self.env = service_env(self.data_dir)
+        self.env = service_env(self.data_dir) | (extra_env or {})
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.data_dir / "serve.log"
@@ -449,7 +449,7 @@ def goal(value: float, target: float, higher_is_better: bool, unit: str) -> dict
     }
 
 
-def run(n_events: int) -> dict[str, Any]:
+def run(n_events: int, projector: str = "in-process") -> dict[str, Any]:
     generator = StoryGenerator(SEED)
     events = generator.events(n_events)
     warmup = generator.events(BATCH_SIZE, start=n_events)
@@ -462,7 +462,9 @@ def run(n_events: int) -> dict[str, Any]:
 
     embedder = bench_embedder([e["summary"] for e in events], [e["summary"] for e in warmup])
 
-    service = Service()
+    # "off": the ingest path alone (the service runs no projector), what the ingest goals are
+    # about; "in-process": the default deployment, whose projector shares the two cores.
+    service = Service({"LORE_RUN_PROJECTOR": "0"} if projector == "off" else None)
     try:
         key = service.create_tenant("bench")
         service.start()
@@ -508,6 +510,7 @@ def run(n_events: int) -> dict[str, Any]:
             "effects_per_event": 2,
             "external_ids": True,
             "deployment": "embedded default: lore serve, embedded PostgreSQL + Valkey, local MiniLM int8",
+            "projector": projector,
         },
         "results": {
             "bare_embedder": embedder,
@@ -552,7 +555,8 @@ def summary_table(report: dict[str, Any]) -> str:
     lines = [f"{'metric':<{widths[0]}}  {'value':>{widths[1]}}  {'goal':<{widths[2]}}  result"]
     lines += [f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c:<{widths[2]}}  {d}".rstrip() for a, b, c, d in rows]
     m = report["machine"]
-    lines.append(f"({report['parameters']['events']} events; {m['cpu_count']} CPUs, {m['processor']}; "
+    lines.append(f"({report['parameters']['events']} events; projector {report['parameters']['projector']}; "
+                 f"{m['cpu_count']} CPUs, {m['processor']}; "
                  f"Python {m['python']}; commit {(report['git_commit'] or 'unknown')[:12]})")  # fmt: skip
     return "\n".join(lines)
 
@@ -563,10 +567,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--events", type=int, default=3_000, help="events for the batched run (default 3000)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
+    parser.add_argument(
+        "--projector", choices=("in-process", "off"), default="in-process",
+        help="run the ECS projector inside the service (the default deployment) or not at all "
+        "(the ingest path alone)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.events < 1:
         parser.error("--events must be >= 1")
-    report = run(args.events)
+    report = run(args.events, args.projector)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print()

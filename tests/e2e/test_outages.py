@@ -159,3 +159,32 @@ async def test_embedder_failure_rejects_batch_with_503_and_stores_nothing(
         assert "nothing was stored" in response.json()["detail"]
         stored = (await client.get(f"/api/chronicles/{chronicle}", headers=tenant.headers)).json()
         assert stored["event_count"] == 0
+
+
+async def test_a_single_event_reposted_while_the_embedder_is_down_is_still_a_duplicate(
+    client, settings, endpoints, embedder, tenant
+) -> None:
+    """Small batches are embedded before their external ids are looked up; a re-post must not
+    turn into a 503 because of that while the embedder is down, and a new event still must."""
+    chronicle = (await client.post("/api/chronicles", json={"title": "x"}, headers=tenant.headers)).json()[
+        "id"
+    ]
+    event = {"summary": "Aldo bolted the gate.", "external_id": "turn-1"}
+    first = await client.post(
+        f"/api/chronicles/{chronicle}/events", json={"events": [event]}, headers=tenant.headers
+    )
+    assert first.status_code == 200
+    app = create_app(settings, endpoints, embedder=UnavailableEmbedder(embedder.model_id, embedder.dimension))
+    async with AsyncTestClient(app=app, raise_server_exceptions=False) as down:
+        again = await down.post(
+            f"/api/chronicles/{chronicle}/events", json={"events": [event]}, headers=tenant.headers
+        )
+        assert again.status_code == 200, again.text
+        assert again.json()["events"] == [{**first.json()["events"][0], "duplicate": True}]
+        new = {"summary": "Aldo slept.", "external_id": "turn-2"}
+        mixed = await down.post(
+            f"/api/chronicles/{chronicle}/events", json={"events": [event, new]}, headers=tenant.headers
+        )
+        assert_unavailable(mixed)
+    stored = (await client.get(f"/api/chronicles/{chronicle}", headers=tenant.headers)).json()
+    assert stored["event_count"] == 1
