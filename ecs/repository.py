@@ -8,6 +8,8 @@ three can never disagree on what a state looks like in the tables.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import operator
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -88,12 +90,20 @@ _CHECKPOINT_COLUMNS = (
 # Row builders (state -> rows)
 
 
+@functools.lru_cache(maxsize=65_536)
+def _as_uuid(text: str) -> uuid.UUID:
+    """The state keeps ids as strings; rows need UUIDs. The same few thousand ids recur in every
+    batch (each touched entity's id, chronicle, provenance events), and parsing them dominated the
+    row builders' time."""
+    return uuid.UUID(text)
+
+
 def entity_row(state: WorldState, entity_id: str, tenant_id: uuid.UUID) -> dict[str, Any]:
     entity = state.entities[entity_id]
     return {
-        "id": uuid.UUID(entity.id),
+        "id": _as_uuid(entity.id),
         "tenant_id": tenant_id,
-        "chronicle_id": uuid.UUID(state.chronicle_id),
+        "chronicle_id": _as_uuid(state.chronicle_id),
         "name": entity.name,
         "name_key": normalize_name(entity.name),
         "kind": entity.kind,
@@ -102,8 +112,8 @@ def entity_row(state: WorldState, entity_id: str, tenant_id: uuid.UUID) -> dict[
         "archetype": list(entity.archetype),
         "created_sequence": entity.created_sequence,
         "updated_sequence": entity.updated_sequence,
-        "created_event_id": uuid.UUID(entity.created_event_id),
-        "updated_event_id": uuid.UUID(entity.updated_event_id),
+        "created_event_id": _as_uuid(entity.created_event_id),
+        "updated_event_id": _as_uuid(entity.updated_event_id),
     }
 
 
@@ -115,16 +125,16 @@ def component_rows(state: WorldState, entity_id: str, tenant_id: uuid.UUID) -> l
         data = msgspec.to_builtins(value)
         rows.append(
             {
-                "entity_id": uuid.UUID(entity.id),
+                "entity_id": _as_uuid(entity.id),
                 "type": name,
                 "tenant_id": tenant_id,
-                "chronicle_id": uuid.UUID(state.chronicle_id),
+                "chronicle_id": _as_uuid(state.chronicle_id),
                 "data": data,
-                "location_id": uuid.UUID(value.location) if isinstance(value, Position) else None,
-                "holder_id": uuid.UUID(value.holder) if isinstance(value, Holder) else None,
+                "location_id": _as_uuid(value.location) if isinstance(value, Position) else None,
+                "holder_id": _as_uuid(value.holder) if isinstance(value, Holder) else None,
                 "status": value.value if isinstance(value, Status) else None,
                 "sequence": entity.provenance[name].sequence,
-                "event_id": uuid.UUID(entity.provenance[name].event_id),
+                "event_id": _as_uuid(entity.provenance[name].event_id),
             }
         )
     return rows
@@ -133,10 +143,10 @@ def component_rows(state: WorldState, entity_id: str, tenant_id: uuid.UUID) -> l
 def relationship_row(state: WorldState, key: str, tenant_id: uuid.UUID) -> dict[str, Any]:
     record: Relationship = state.relationships[key]
     return {
-        "from_id": uuid.UUID(record.from_id),
-        "to_id": uuid.UUID(record.to_id),
+        "from_id": _as_uuid(record.from_id),
+        "to_id": _as_uuid(record.to_id),
         "tenant_id": tenant_id,
-        "chronicle_id": uuid.UUID(state.chronicle_id),
+        "chronicle_id": _as_uuid(state.chronicle_id),
         "types": msgspec.to_builtins(record.types),
         "valence": dict(record.valence),
         "provenance": msgspec.to_builtins(record.provenance),
@@ -186,13 +196,15 @@ async def _copy_rows(conn: AsyncConnection, table: Table, rows: Sequence[dict[st
     if not rows:
         return
     columns = list(rows[0])
-    json_columns = {name for name in columns if isinstance(table.c[name].type, JSONB)}
-    records = [
-        tuple(
-            msgspec.json.encode(row[name]).decode() if name in json_columns else row[name] for name in columns
-        )
-        for row in rows
-    ]
+    values = operator.itemgetter(*columns)
+    json_positions = [i for i, name in enumerate(columns) if isinstance(table.c[name].type, JSONB)]
+    records: list[Any] = [values(row) for row in rows]
+    if json_positions:
+        for index, record in enumerate(records):
+            mutable = list(record)
+            for position in json_positions:
+                mutable[position] = msgspec.json.encode(mutable[position]).decode()
+            records[index] = mutable
     driver = (await conn.get_raw_connection()).driver_connection
     if driver is None or not driver.is_in_transaction():
         raise RuntimeError("_copy_rows must run inside an open transaction")
@@ -213,7 +225,7 @@ async def _upsert_entities(
         ),
         rows,
     )
-    ids = [uuid.UUID(e) for e in entity_ids]
+    ids = [_as_uuid(e) for e in entity_ids]
     await conn.execute(delete(ecs_components).where(ecs_components.c.entity_id.in_(ids)))
     components = [row for e in entity_ids for row in component_rows(state, e, tenant_id)]
     await _copy_rows(conn, ecs_components, components)
