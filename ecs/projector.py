@@ -3,7 +3,8 @@
 One unit of work = one chronicle batch: in ONE transaction on the ECS database it locks the
 chronicle's checkpoint (`FOR UPDATE SKIP LOCKED`, so any number of workers can run), reads the
 events after the checkpoint in sequence order, folds them through the pure reducer, and writes the
-state rows, valence history, outbox rows and the new checkpoint (position, running hash, snapshot).
+state rows, valence history, outbox rows and the new checkpoint (position, running hash, and every
+`SNAPSHOT_EVERY_EVENTS` a snapshot of the whole state).
 Because the position is stored with the output, re-delivery never double-applies. Sequences are
 gap-free and commit-ordered (see `rag.store.append_events`), so "after my checkpoint" never skips
 an event that commits late.
@@ -39,9 +40,11 @@ from ecs.reducer import (
     encode_state,
 )
 from ecs.repository import (
+    Checkpoint,
     claim_checkpoint,
     ensure_checkpoints,
     read_checkpoints,
+    read_snapshot,
     record_failure,
     save_checkpoint,
     write_batch,
@@ -94,6 +97,20 @@ class _CachedState(msgspec.Struct):
     last_sequence: int
     state_hash: str
     state: WorldState
+    snapshot_sequence: int
+    """Position of the snapshot stored with the checkpoint (it may lag `last_sequence`)."""
+
+
+_REPLAY_PAGE = 5_000
+
+SNAPSHOT_EVERY_EVENTS = 10_000
+"""How far the stored snapshot may fall behind the checkpoint.
+
+Encoding and writing the whole world with every batch cost more than projecting the batch once
+the world grew (100,000 generated events: a 4.8 MB snapshot, 70 ms to encode, against ~40 ms to
+reduce 1,000 events). A worker that does not hold the state in memory restores the snapshot and
+replays at most this many events from the chronicle (the reducer is deterministic).
+"""
 
 
 class Projector:
@@ -111,6 +128,7 @@ class Projector:
         on_committed: OnCommitted | None = None,
         listen_url: str | None = None,
         reducer: Callable[[WorldState, ChronicleEvent], EventChanges] = apply_event,
+        snapshot_every_events: int = SNAPSHOT_EVERY_EVENTS,
     ) -> None:
         self.chronicle_engine = chronicle_engine
         self.ecs_engine = ecs_engine
@@ -128,6 +146,7 @@ class Projector:
         self.listen_url = listen_url
         # The pure reducer; replaceable so that tests can make a chosen event fail.
         self.reducer = reducer
+        self.snapshot_every = snapshot_every_events
         self.stats = ProjectorStats()
         # Working states of chronicles this worker projected last, keyed by chronicle: reused when
         # the checkpoint still matches (nobody else moved it), so a batch skips decoding.
@@ -160,17 +179,18 @@ class Projector:
                     chronicle_conn, checkpoint.tenant_id, chronicle_id, EventFilters(),
                     after_sequence=checkpoint.last_sequence, limit=limit,
                 )  # fmt: skip
-            if not stored:
-                self._states[chronicle_id] = cached or self._load(checkpoint.snapshot, chronicle_id)
-                return ProjectionStep(chronicle_id, 0, checkpoint.last_sequence, claimed=True)
-            if cached is not None and (cached.last_sequence, cached.state_hash) == (
+            if cached is None or (cached.last_sequence, cached.state_hash) != (
                 checkpoint.last_sequence,
                 checkpoint.state_hash,
             ):
-                state = cached.state
-            else:
-                state = self._load(checkpoint.snapshot, chronicle_id).state
+                # Another worker moved the checkpoint, a batch failed, or this worker is new.
+                cached = await self._restore(conn, checkpoint)
+            if not stored:
+                self._states[chronicle_id] = cached
+                return ProjectionStep(chronicle_id, 0, checkpoint.last_sequence, claimed=True)
+            state = cached.state
             running_hash = checkpoint.state_hash
+            snapshot_sequence = cached.snapshot_sequence
             try:
                 batch: list[EventChanges] = []
                 for event in stored:
@@ -178,9 +198,12 @@ class Projector:
                     running_hash = chain_hash(running_hash, changes)
                     batch.append(changes)
                 touched = await write_batch(conn, state, batch, checkpoint.tenant_id)
+                snapshot = None
+                if stored[-1].sequence - snapshot_sequence >= self.snapshot_every:
+                    snapshot, snapshot_sequence = encode_state(state), stored[-1].sequence
                 await save_checkpoint(
                     conn, chronicle_id, last_sequence=stored[-1].sequence, state_hash=running_hash,
-                    snapshot=encode_state(state),
+                    snapshot=snapshot,
                 )  # fmt: skip
             except Exception as error:
                 if is_unavailable_error(error):
@@ -197,7 +220,7 @@ class Projector:
                 # The transaction is lost with the error; record the attempt in a fresh one.
                 await self._record_failure(chronicle_id, checkpoint.attempts + 1, stored[0].sequence, error)
                 return ProjectionStep(chronicle_id, 0, checkpoint.last_sequence, claimed=True, failed=True)
-        self._states[chronicle_id] = _CachedState(stored[-1].sequence, running_hash, state)
+        self._states[chronicle_id] = _CachedState(stored[-1].sequence, running_hash, state, snapshot_sequence)
         self.stats.events_applied += len(stored)
         self.stats.batches += 1
         if self.on_committed is not None:
@@ -208,10 +231,31 @@ class Projector:
         """Still working one event at a time through a failed batch."""
         return step.applied > 0 and self._isolate_until.get(step.chronicle_id, 0) > step.last_sequence
 
-    @staticmethod
-    def _load(snapshot: bytes | None, chronicle_id: uuid.UUID) -> _CachedState:
-        state = decode_state(snapshot) if snapshot else WorldState(chronicle_id=str(chronicle_id))
-        return _CachedState(state.last_sequence or 0, "", state)
+    async def _restore(self, conn: Any, checkpoint: Checkpoint) -> _CachedState:
+        """The state at the checkpoint: the stored snapshot, then the events after it replayed."""
+        chronicle_id = checkpoint.chronicle_id
+        blob = await read_snapshot(conn, chronicle_id)
+        state = decode_state(blob) if blob else WorldState(chronicle_id=str(chronicle_id))
+        if (state.last_sequence or 0) > checkpoint.last_sequence:
+            # The checkpoint was reset behind its snapshot (an operator's reset): start over.
+            state = WorldState(chronicle_id=str(chronicle_id))
+        snapshot_sequence = state.last_sequence or 0
+        position = snapshot_sequence
+        async with self.chronicle_engine.connect() as chronicle_conn:
+            while position < checkpoint.last_sequence:
+                events = await list_events(
+                    chronicle_conn, checkpoint.tenant_id, chronicle_id, EventFilters(),
+                    after_sequence=position, limit=min(_REPLAY_PAGE, checkpoint.last_sequence - position),
+                )  # fmt: skip
+                if not events:
+                    raise RuntimeError(
+                        f"chronicle {chronicle_id} has no events after {position}, "
+                        f"but its checkpoint is at {checkpoint.last_sequence}"
+                    )
+                for event in events:
+                    self.reducer(state, to_chronicle_event(event))
+                position = events[-1].sequence
+        return _CachedState(checkpoint.last_sequence, checkpoint.state_hash, state, snapshot_sequence)
 
     async def _record_failure(
         self, chronicle_id: uuid.UUID, attempts: int, sequence: int, error: Exception

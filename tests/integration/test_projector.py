@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 from app.cli import load_sample_story
 from ecs.maintenance import rebuild_chronicle, verify_chronicle
 from ecs.projector import Projector
-from ecs.reducer import apply_event
-from ecs.repository import read_checkpoint, resume_checkpoint
+from ecs.reducer import apply_event, decode_state
+from ecs.repository import read_checkpoint, read_snapshot, resume_checkpoint
 from ecs.schema import ecs_components, ecs_entities, ecs_outbox, ecs_relationships, ecs_valence_history
 from rag.events import EventIn
 from rag.ingest import ingest_batch
@@ -130,6 +130,39 @@ async def test_concurrent_projectors_never_double_apply(engine) -> None:
     assert valence_rows == story_valence
     result = await verify_chronicle(engine, engine, chronicle_id)
     assert result is not None and result.ok
+
+
+async def test_snapshots_are_written_every_so_many_events_and_a_new_worker_restores_from_one(engine) -> None:
+    tenant_id, chronicle_id = await new_chronicle(engine)
+    story = load_sample_story()
+    await ingest(engine, tenant_id, chronicle_id, story[:25])
+    first = Projector(engine, engine, batch_size=5, snapshot_every_events=12)
+    await first.catch_up(chronicle_id)
+    async with engine.connect() as conn:
+        checkpoint = await read_checkpoint(conn, chronicle_id)
+        snapshot = await read_snapshot(conn, chronicle_id)
+    assert checkpoint is not None and checkpoint.last_sequence == 25
+    # batches end at 5, 10, ..., 25; a snapshot when 12 or more events passed since the last one
+    assert snapshot is not None and decode_state(snapshot).last_sequence == 15
+
+    await ingest(engine, tenant_id, chronicle_id, story[25:])
+    # nothing in memory: restores the snapshot at 15 and replays 16..25, then 29 (snapshot), 33, 37, 40
+    second = Projector(engine, engine, batch_size=4, snapshot_every_events=12)
+    assert await second.catch_up(chronicle_id) == 15
+    result = await verify_chronicle(engine, engine, chronicle_id)
+    assert result is not None and result.ok and result.checkpoint_sequence == 40
+    async with engine.connect() as conn:
+        assert decode_state(await read_snapshot(conn, chronicle_id)).last_sequence == 29
+    # the first worker's state in memory is stale now: it must notice and restore, not reuse it
+    await ingest(
+        engine,
+        tenant_id,
+        chronicle_id,
+        [EventIn(summary="Bram's ghost walks to the Old Mill.", actors=["Bram"], location="Old Mill")],
+    )
+    assert await first.catch_up(chronicle_id) == 1
+    result = await verify_chronicle(engine, engine, chronicle_id)
+    assert result is not None and result.ok and result.checkpoint_sequence == 41
 
 
 async def test_verify_reports_tampering_and_rebuild_repairs_it(engine) -> None:
