@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from app.cli import load_sample_story
 from ecs.maintenance import rebuild_chronicle, verify_chronicle
 from ecs.projector import Projector
+from ecs.queries import GraphEdge, GraphFilters, _relation_types, relationship_graph
 from ecs.reducer import apply_event, decode_state
 from ecs.repository import read_checkpoint, read_snapshot, resume_checkpoint
 from ecs.schema import ecs_components, ecs_entities, ecs_outbox, ecs_relationships, ecs_valence_history
@@ -229,3 +230,38 @@ async def test_failing_event_is_retried_then_parked_and_resumed(engine) -> None:
         assert await resume_checkpoint(conn, chronicle_id)
     assert await projector.catch_up(chronicle_id) == 2
     assert (await verify_chronicle(engine, engine, chronicle_id)).ok
+
+
+async def test_relationship_graph_in_one_statement_equals_the_rows(engine) -> None:
+    """The graph is assembled as JSON by PostgreSQL; it must say exactly what the rows say."""
+    tenant_id, chronicle_id = await new_chronicle(engine)
+    await ingest(engine, tenant_id, chronicle_id, load_sample_story())
+    await Projector(engine, engine).catch_up(chronicle_id)
+    r = ecs_relationships
+    async with engine.connect() as conn:
+        graph = await relationship_graph(
+            conn, tenant_id, chronicle_id, GraphFilters(), after=None, limit=1000
+        )
+        rows = (
+            await conn.execute(
+                select(r)
+                .where(r.c.chronicle_id == chronicle_id)
+                .order_by(r.c.created_sequence, r.c.from_id, r.c.to_id)
+            )
+        ).all()
+        names = dict((await conn.execute(select(ecs_entities.c.id, ecs_entities.c.name))).all())
+    expected = [
+        GraphEdge(
+            from_id=row.from_id,
+            to_id=row.to_id,
+            types=_relation_types(row.types),
+            valence={k: float(v) for k, v in row.valence.items()},
+            created_sequence=row.created_sequence,
+            updated_sequence=row.updated_sequence,
+        )
+        for row in rows
+    ]
+    assert graph.edges == expected and len(expected) == 14
+    assert any(edge.valence for edge in graph.edges) and any(edge.types for edge in graph.edges)
+    first_seen = list(dict.fromkeys(i for e in expected for i in (e.from_id, e.to_id)))
+    assert [(n.id, n.name) for n in graph.nodes] == [(i, names[i]) for i in first_seen]
