@@ -104,15 +104,16 @@ class Services:
                 checkpoint = await read_checkpoint(conn, chronicle_id)
             if checkpoint is None:
                 return 0, False
-            return checkpoint.last_sequence, checkpoint.parked_at is not None
+            # Parked, or failing and in backoff: left to the background projector.
+            return checkpoint.last_sequence, checkpoint.parked_at is not None or checkpoint.attempts > 0
 
         try:
-            position, parked = await self.breaker.call(read_position)
+            position, stuck = await self.breaker.call(read_position)
         except Exception as error:
             if is_ecs_failure(error):
                 return
             raise
-        if not parked and 0 < chronicle_sequence - position <= self.staleness.max_lag_events:
+        if not stuck and 0 < chronicle_sequence - position <= self.staleness.max_lag_events:
             await self.catch_up(chronicle_id)
 
     async def catch_up(self, chronicle_id: uuid.UUID) -> None:

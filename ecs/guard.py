@@ -121,18 +121,21 @@ async def check_staleness(
     reported as the reason to fall back, since the chronicle replay is always current.
     """
 
-    async def read() -> tuple[int, bool]:
+    async def read() -> tuple[int, bool, bool]:
         async with source.inner.ecs_engine.connect() as conn:
             checkpoint = await read_checkpoint(conn, chronicle_id)
         if checkpoint is None:
-            return 0, False
-        return checkpoint.last_sequence, checkpoint.parked_at is not None
+            return 0, False, False
+        return checkpoint.last_sequence, checkpoint.parked_at is not None, checkpoint.attempts > 0
 
-    position, parked = await source.guard(read)
+    position, parked, failing = await source.guard(read)
     caught_up = False
-    if catch_up is not None and not parked and 0 < chronicle_sequence - position <= policy.max_lag_events:
+    # A chronicle whose projection is failing is in backoff: catching it up here would retry the
+    # failing event on every request and park it within a few requests instead of after backoff.
+    lagging = 0 < chronicle_sequence - position <= policy.max_lag_events
+    if catch_up is not None and lagging and not parked and not failing:
         await catch_up()
-        position, parked = await source.guard(read)
+        position, parked, failing = await source.guard(read)
         caught_up = True
     source.inner.remember_position(position)
     lag_events = max(0, chronicle_sequence - position)
@@ -149,7 +152,9 @@ async def check_staleness(
         reason = f"ECS is {lag_events} events behind (bound {policy.max_lag_events})"
     elif lag_seconds > policy.max_lag_seconds:
         reason = f"ECS is {lag_seconds:.0f} s behind (bound {policy.max_lag_seconds:.0f} s)"
-    elif caught_up and lag_events:
+    elif lag_events and failing:
+        reason = f"ECS is {lag_events} events behind: projecting this chronicle is failing (retrying)"
+    elif lag_events and caught_up:
         reason = f"ECS is {lag_events} events behind and did not catch up in time"
     return Staleness(
         checkpoint_sequence=position, lag_events=lag_events, lag_seconds=round(lag_seconds, 3), parked=parked,

@@ -9,6 +9,8 @@ import pytest
 
 from app.cli import load_sample_story
 from ecs.projector import Projector
+from ecs.reducer import apply_event
+from ecs.repository import read_checkpoint
 from tests.conftest import Tenant
 
 
@@ -206,3 +208,40 @@ async def test_a_lag_over_the_bound_is_not_caught_up_in_the_request(
     assert state_of(bundle, "Ilse")["location"]["value"] == "mill"
     status = (await client.get(f"/api/chronicles/{chronicle}/ecs", headers=tenant.headers)).json()
     assert status["checkpoint_sequence"] == 0
+
+
+async def test_a_failing_projection_is_not_retried_by_requests_and_they_fall_back(
+    client, engine, tenant, monkeypatch
+) -> None:
+    """Read-your-writes must not turn every request into a retry of an event that fails to project
+    (that would park the chronicle within a few requests, skipping the backoff); the requests
+    answer from the chronicle replay meanwhile."""
+    services = client.app.state.services
+
+    def reducer(state, event):
+        if "cursed" in event.summary:
+            raise RuntimeError("this event cannot be projected")
+        return apply_event(state, event)
+
+    monkeypatch.setattr(services.projector, "reducer", reducer)
+    chronicle = (await client.post("/api/chronicles", json={"title": "bad"}, headers=tenant.headers)).json()[
+        "id"
+    ]
+    events = [
+        {"summary": "Ilse entered the mill.", "actors": ["Ilse"], "location": "mill"},
+        {"summary": "Ilse read the cursed page at the weir.", "actors": ["Ilse"], "location": "weir"},
+    ]
+    for event in events:
+        await client.post(
+            f"/api/chronicles/{chronicle}/events", json={"events": [event]}, headers=tenant.headers
+        )
+    attempts = []
+    for _ in range(3):
+        bundle = await context(client, tenant, chronicle, query="Where is Ilse now?")
+        assert bundle["mode"] == "chronicle_only", bundle["degraded_reason"]
+        assert state_of(bundle, "Ilse")["location"]["value"] == "weir"
+        async with engine.connect() as conn:
+            checkpoint = await read_checkpoint(conn, uuid.UUID(chronicle))
+        attempts.append((checkpoint.last_sequence, checkpoint.attempts))
+    assert attempts == [(1, 1)] * 3  # the first request tried once; the others left it to the backoff
+    assert "failing" in bundle["degraded_reason"]
