@@ -33,9 +33,18 @@ lint: $(STAMP) ## ruff and strict mypy on the domain packages
 	$(BIN)/ruff check app rag ecs tests evals
 	$(BIN)/mypy rag ecs
 
-.PHONY: bench
-bench: $(STAMP) ## Run the benchmarks in evals/perf and write evals/perf/results/
-	$(BIN)/python -m evals.perf.bench_ingest
+.PHONY: bench bench-ingest bench-ecs bench-context
+bench: bench-ingest bench-ecs bench-context ## Run every benchmark in evals/perf (about 25 min) -> evals/perf/results/
+
+bench-ingest: $(STAMP) ## Ingest: the ingest path alone, then with the in-process projector (about 5 min)
+	$(BIN)/python -m evals.perf.bench_ingest --projector off --out evals/perf/results/ingest.json
+	$(BIN)/python -m evals.perf.bench_ingest --projector in-process --out evals/perf/results/ingest_with_projector.json
+
+bench-ecs: $(STAMP) ## ECS: projector at 100,000 events, worker scaling, entity reads, cache, graph (about 5 min)
+	$(BIN)/python -m evals.perf.bench_ecs
+
+bench-context: $(STAMP) ## Context requests at 10,000 and 100,000 events, 1 and 8 clients (about 15 min)
+	$(BIN)/python -m evals.perf.bench_context
 
 .PHONY: load
 load: $(STAMP) ## 10-minute mixed load with faults -> evals/perf/results/load.json
