@@ -158,7 +158,18 @@ class EmbeddedPostgres(_LeasedServer):
         if pid is None or not _is_process(pid, "postgres"):
             return False
         ready = subprocess.run(
-            [str(self.bin / "pg_isready"), "-q", "-h", str(self.socket_dir), "-p", str(PG_PORT), "-t", "3"],
+            [
+                str(self.bin / "pg_isready"),
+                "-q",
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(PG_PORT),
+                "-U",
+                POSTGRES_USER,
+                "-t",
+                "3",
+            ],
             check=False,
         )
         return ready.returncode == 0

@@ -103,6 +103,9 @@ class _CachedState(msgspec.Struct):
 
 _REPLAY_PAGE = 5_000
 
+MAX_CACHED_STATES = 32
+"""World states a projector keeps in memory between batches (one per chronicle)."""
+
 SNAPSHOT_EVERY_EVENTS = 10_000
 """How far the stored snapshot may fall behind the checkpoint.
 
@@ -151,6 +154,7 @@ class Projector:
         # Working states of chronicles this worker projected last, keyed by chronicle: reused when
         # the checkpoint still matches (nobody else moved it), so a batch skips decoding.
         self._states: dict[uuid.UUID, _CachedState] = {}
+        self.max_cached_states = MAX_CACHED_STATES
         self._wake = asyncio.Event()
         # Per chronicle: the last sequence of a batch that failed as a whole. Until the checkpoint
         # passes it, events are applied one at a time, so the failure is pinned on one event.
@@ -166,7 +170,7 @@ class Projector:
             checkpoint = await claim_checkpoint(conn, chronicle_id, wait=wait_for_lock)
             if checkpoint is None or checkpoint.parked_at is not None:
                 if cached is not None:
-                    self._states[chronicle_id] = cached
+                    self._keep(chronicle_id, cached)
                 return ProjectionStep(
                     chronicle_id, 0, checkpoint.last_sequence if checkpoint else 0, claimed=False
                 )
@@ -186,7 +190,7 @@ class Projector:
                 # Another worker moved the checkpoint, a batch failed, or this worker is new.
                 cached = await self._restore(conn, checkpoint)
             if not stored:
-                self._states[chronicle_id] = cached
+                self._keep(chronicle_id, cached)
                 return ProjectionStep(chronicle_id, 0, checkpoint.last_sequence, claimed=True)
             state = cached.state
             running_hash = checkpoint.state_hash
@@ -220,12 +224,19 @@ class Projector:
                 # The transaction is lost with the error; record the attempt in a fresh one.
                 await self._record_failure(chronicle_id, checkpoint.attempts + 1, stored[0].sequence, error)
                 return ProjectionStep(chronicle_id, 0, checkpoint.last_sequence, claimed=True, failed=True)
-        self._states[chronicle_id] = _CachedState(stored[-1].sequence, running_hash, state, snapshot_sequence)
+        self._keep(chronicle_id, _CachedState(stored[-1].sequence, running_hash, state, snapshot_sequence))
         self.stats.events_applied += len(stored)
         self.stats.batches += 1
         if self.on_committed is not None:
             await self.on_committed(chronicle_id, touched)
         return ProjectionStep(chronicle_id, len(stored), stored[-1].sequence, claimed=True)
+
+    def _keep(self, chronicle_id: uuid.UUID, cached: _CachedState) -> None:
+        """Keep a chronicle's state for its next batch; the least recently projected go first, so
+        a worker following thousands of chronicles does not hold every world in memory."""
+        self._states[chronicle_id] = cached  # popped before each batch: re-inserted last (newest)
+        while len(self._states) > self.max_cached_states:
+            del self._states[next(iter(self._states))]
 
     def _isolated(self, step: ProjectionStep) -> bool:
         """Still working one event at a time through a failed batch."""

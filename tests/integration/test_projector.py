@@ -265,3 +265,15 @@ async def test_relationship_graph_in_one_statement_equals_the_rows(engine) -> No
     assert any(edge.valence for edge in graph.edges) and any(edge.types for edge in graph.edges)
     first_seen = list(dict.fromkeys(i for e in expected for i in (e.from_id, e.to_id)))
     assert [(n.id, n.name) for n in graph.nodes] == [(i, names[i]) for i in first_seen]
+
+
+async def test_a_projector_keeps_a_bounded_number_of_world_states(engine) -> None:
+    projector = Projector(engine, engine)
+    projector.max_cached_states = 2
+    chronicles = []
+    for _ in range(3):
+        tenant_id, chronicle_id = await new_chronicle(engine)
+        await ingest(engine, tenant_id, chronicle_id, load_sample_story()[:3])
+        await projector.catch_up(chronicle_id)
+        chronicles.append(chronicle_id)
+    assert list(projector._states) == chronicles[1:]  # the least recently projected went first
