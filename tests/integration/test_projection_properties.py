@@ -53,7 +53,11 @@ effects = st.one_of(
         SetEffect,
         entity=names,
         component=st.sampled_from(["health", "mood"]),
-        value=st.one_of(st.builds(dict, hp=st.integers(0, 10)), st.text(max_size=5)),
+        # No NUL: component values with one are rejected when the event is built (PostgreSQL
+        # cannot store it), so such an example fails while being generated, not in the test.
+        value=st.one_of(
+            st.builds(dict, hp=st.integers(0, 10)), st.text(max_size=5).filter(lambda s: "\x00" not in s)
+        ),
     ),  # fmt: skip
     st.builds(UnsetEffect, entity=names, component=st.sampled_from(["health", "mood"])),
     st.builds(AliasEffect, entity=names, alias=st.sampled_from(["the Fox", "Red", "Old One"])),
