@@ -19,7 +19,6 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ecs.breaker import BreakerOpen, CircuitBreaker, SlowCall
-from ecs.repository import read_checkpoint
 from ecs.state_source import EcsStateSource
 from rag.context import EntityState
 from rag.outages import is_unavailable_error
@@ -113,14 +112,10 @@ async def check_staleness(
 ) -> Staleness:
     """How far ECS is behind this chronicle; reading the checkpoint is itself a guarded ECS read."""
 
-    async def read() -> tuple[int, bool]:
-        async with source.inner.ecs_engine.connect() as conn:
-            checkpoint = await read_checkpoint(conn, chronicle_id)
-        if checkpoint is None:
-            return 0, False
-        return checkpoint.last_sequence, checkpoint.parked_at is not None
-
-    position, parked = await source.guard(read)
+    # The source's own (once per request) read: its position and known names use the same one.
+    checkpoint = await source.guard(source.inner.checkpoint)
+    position = checkpoint.last_sequence if checkpoint is not None else 0
+    parked = checkpoint is not None and checkpoint.parked_at is not None
     lag_events = max(0, chronicle_sequence - position)
     lag_seconds = 0.0
     if lag_events:

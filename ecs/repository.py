@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, null, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -323,10 +323,18 @@ async def claim_checkpoint(
     return None if row is None else Checkpoint(*row)
 
 
-async def read_checkpoint(conn: AsyncConnection, chronicle_id: uuid.UUID) -> Checkpoint | None:
-    row = (
-        await conn.execute(select(*_CHECKPOINT_COLUMNS).where(ecs_checkpoints.c.chronicle_id == chronicle_id))
-    ).first()
+async def read_checkpoint(
+    conn: AsyncConnection, chronicle_id: uuid.UUID, *, snapshot: bool = True
+) -> Checkpoint | None:
+    """The chronicle's checkpoint; with ``snapshot=False`` its ``snapshot`` is None, not read.
+
+    The snapshot is the whole encoded world state (megabytes for a long chronicle): readers that
+    only want the position, the lag or the parked flag - every context request - must not fetch it.
+    """
+    columns = [
+        c if snapshot or c.name != "snapshot" else null().label("snapshot") for c in _CHECKPOINT_COLUMNS
+    ]
+    row = (await conn.execute(select(*columns).where(ecs_checkpoints.c.chronicle_id == chronicle_id))).first()
     return None if row is None else Checkpoint(*row)
 
 

@@ -22,7 +22,7 @@ from ecs.components import Holder, Position, Status
 from ecs.projector import replay_stored, to_chronicle_event
 from ecs.queries import complete_view, get_entity_core
 from ecs.reducer import Entity, Provenance, WorldState, apply_event, location_of
-from ecs.repository import read_checkpoint
+from ecs.repository import Checkpoint, read_checkpoint
 from ecs.schema import ecs_components, ecs_entities
 from rag.context import EntityState, Fact, RelationFact
 from rag.events import normalize_name
@@ -138,7 +138,17 @@ class EcsStateSource:
         self.tenant_id = tenant_id
         self.chronicle_id = chronicle_id
         self.cache = cache
-        self._position: int | None = None
+        self._checkpoint: Checkpoint | None = None
+        self._checkpoint_read = False
+
+    async def checkpoint(self) -> Checkpoint | None:
+        """The chronicle's checkpoint (without its snapshot), read once per source: the staleness
+        check, the known names and the position of one request all look at the same one."""
+        if not self._checkpoint_read:
+            async with self.ecs_engine.connect() as conn:
+                self._checkpoint = await read_checkpoint(conn, self.chronicle_id, snapshot=False)
+            self._checkpoint_read = True
+        return self._checkpoint
 
     async def known_entities(self) -> list[KnownEntity]:
         async with self.ecs_engine.connect() as conn:
@@ -156,11 +166,8 @@ class EcsStateSource:
             ]
 
     async def position(self) -> int | None:
-        if self._position is None:
-            async with self.ecs_engine.connect() as conn:
-                checkpoint = await read_checkpoint(conn, self.chronicle_id)
-            self._position = checkpoint.last_sequence if checkpoint is not None else 0
-        return self._position
+        checkpoint = await self.checkpoint()
+        return checkpoint.last_sequence if checkpoint is not None else 0
 
     async def entity_states(self, entity_ids: Sequence[str], as_of_sequence: int | None) -> list[EntityState]:
         if not entity_ids:

@@ -59,7 +59,7 @@ async def ecs_status(services: Services, tenant_id: uuid.UUID, chronicle_id: uui
         if chronicle is None:
             return None
     async with services.ecs_engine.connect() as conn:
-        checkpoint = await read_checkpoint(conn, chronicle_id)
+        checkpoint = await read_checkpoint(conn, chronicle_id, snapshot=False)
     position = checkpoint.last_sequence if checkpoint else 0
     lag_events = max(0, chronicle.last_sequence - position)
     lag_seconds = 0.0

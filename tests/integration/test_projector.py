@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import msgspec
 import pytest
 from sqlalchemy import func, select
 
@@ -97,6 +98,12 @@ async def test_incremental_batches_equal_one_replay_and_outbox_rows_are_written(
         await projector.catch_up(chronicle_id)
     result = await verify_chronicle(engine, engine, chronicle_id)
     assert result is not None and result.ok and result.checkpoint_sequence == 40
+
+    async with engine.connect() as conn:
+        full = await read_checkpoint(conn, chronicle_id)
+        light = await read_checkpoint(conn, chronicle_id, snapshot=False)
+    assert full is not None and full.snapshot and light is not None and light.snapshot is None
+    assert msgspec.structs.replace(full, snapshot=None) == light  # everything else is read
 
     async with engine.connect() as conn:
         outbox = (await conn.execute(
