@@ -52,6 +52,7 @@ class Services:
         self.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         self.templates = TemplateRegistry()
         self.replay_names = KnownNamesCache()
+        self.ecs_names = KnownNamesCache()
         self.fallbacks_served: dict[str, int] = {}
         self.breaker = CircuitBreaker(
             "ecs",

@@ -89,7 +89,7 @@ class GuardedEcsSource:
         finally:
             self._remaining -= loop.time() - started
 
-    async def known_entities(self) -> list[KnownEntity]:
+    async def known_entities(self) -> Sequence[KnownEntity]:
         return await self.guard(self.inner.known_entities)
 
     async def entity_states(self, entity_ids: Sequence[str], as_of_sequence: int | None) -> list[EntityState]:

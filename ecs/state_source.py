@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import msgspec
@@ -132,12 +132,14 @@ class EcsStateSource:
         chronicle_id: uuid.UUID,
         *,
         cache: EntityCache | None = None,
+        names: KnownNamesCache | None = None,
     ) -> None:
         self.chronicle_engine = chronicle_engine
         self.ecs_engine = ecs_engine
         self.tenant_id = tenant_id
         self.chronicle_id = chronicle_id
         self.cache = cache
+        self.names = names
         self._checkpoint: Checkpoint | None = None
         self._checkpoint_read = False
 
@@ -150,7 +152,16 @@ class EcsStateSource:
             self._checkpoint_read = True
         return self._checkpoint
 
-    async def known_entities(self) -> list[KnownEntity]:
+    async def known_entities(self) -> tuple[KnownEntity, ...]:
+        # The names change only when the projector (or a rebuild) saves the checkpoint, which moves
+        # its sequence or its time: keyed by both, the list is read and built once per change
+        # instead of once per request (thousands of names in a long chronicle).
+        checkpoint = await self.checkpoint()
+        version = None if checkpoint is None else (checkpoint.last_sequence, checkpoint.updated_at)
+        if self.names is not None and version is not None:
+            cached = self.names.get(self.chronicle_id, version)
+            if cached is not None:
+                return cached
         async with self.ecs_engine.connect() as conn:
             rows = await conn.execute(
                 select(ecs_entities.c.id, ecs_entities.c.name, ecs_entities.c.aliases, ecs_entities.c.kind)
@@ -161,9 +172,12 @@ class EcsStateSource:
                 .order_by(ecs_entities.c.created_sequence, ecs_entities.c.id)
                 .limit(KNOWN_ENTITY_LIMIT)
             )
-            return [
+            known = tuple(
                 KnownEntity(id=str(r.id), name=r.name, aliases=list(r.aliases), kind=r.kind) for r in rows
-            ]
+            )
+        if self.names is not None and version is not None:
+            self.names.put(self.chronicle_id, version, known)
+        return known
 
     async def position(self) -> int | None:
         checkpoint = await self.checkpoint()
@@ -258,19 +272,20 @@ class KnownNamesCache:
     def __init__(self, ttl_seconds: float = 60.0, max_chronicles: int = 1_000) -> None:
         self._ttl = ttl_seconds
         self._max = max_chronicles
-        # Keyed by the chronicle's last sequence too: a new event may bring a new name.
-        self._entries: dict[uuid.UUID, tuple[float, int | None, list[KnownEntity]]] = {}
+        # Keyed by a version of the chronicle too (its last sequence, or the ECS checkpoint): a new
+        # event may bring a new name.
+        self._entries: dict[uuid.UUID, tuple[float, Hashable, tuple[KnownEntity, ...]]] = {}
 
-    def get(self, chronicle_id: uuid.UUID, sequence: int | None) -> list[KnownEntity] | None:
+    def get(self, chronicle_id: uuid.UUID, version: Hashable) -> tuple[KnownEntity, ...] | None:
         entry = self._entries.get(chronicle_id)
-        if entry is None or entry[0] < time.monotonic() or entry[1] != sequence:
+        if entry is None or entry[0] < time.monotonic() or entry[1] != version:
             return None
         return entry[2]
 
-    def put(self, chronicle_id: uuid.UUID, sequence: int | None, known: list[KnownEntity]) -> None:
+    def put(self, chronicle_id: uuid.UUID, version: Hashable, known: tuple[KnownEntity, ...]) -> None:
         if len(self._entries) >= self._max:
             self._entries.clear()
-        self._entries[chronicle_id] = (time.monotonic() + self._ttl, sequence, known)
+        self._entries[chronicle_id] = (time.monotonic() + self._ttl, version, known)
 
 
 class ChronicleReplayStateSource:
@@ -325,7 +340,7 @@ class ChronicleReplayStateSource:
             apply_event(world, to_chronicle_event(event))
         return world
 
-    async def known_entities(self) -> list[KnownEntity]:
+    async def known_entities(self) -> tuple[KnownEntity, ...]:
         """Names seen as actors, locations and effect targets in the recent chronicle."""
         if self.known_cache is not None:
             cached = self.known_cache.get(self.chronicle_id, self.chronicle_sequence)
@@ -336,7 +351,7 @@ class ChronicleReplayStateSource:
             self.known_cache.put(self.chronicle_id, self.chronicle_sequence, known)
         return known
 
-    async def _scan_known(self) -> list[KnownEntity]:
+    async def _scan_known(self) -> tuple[KnownEntity, ...]:
         names: dict[str, KnownEntity] = {}
         aliases: dict[str, set[str]] = {}
         async with self.engine.connect() as conn:
@@ -371,7 +386,7 @@ class ChronicleReplayStateSource:
             known.append(
                 KnownEntity(id=key, name=entity.name, aliases=sorted(aliases.get(key, ())), kind=entity.kind)
             )
-        return known
+        return tuple(known)
 
     async def entity_states(self, entity_ids: Sequence[str], as_of_sequence: int | None) -> list[EntityState]:
         """`entity_ids` are normalized names (from `known_entities`)."""

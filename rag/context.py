@@ -87,7 +87,11 @@ class StateSource(Protocol):
     label: str
     """"ecs" or "chronicle replay"; rendered so the LLM knows how much to trust it."""
 
-    async def known_entities(self) -> list[KnownEntity]: ...
+    async def known_entities(self) -> Sequence[KnownEntity]:
+        """The entities a query may mention. Sources that keep them between requests return the
+        same tuple each time, which lets query analysis reuse its name index without comparing
+        every name (see ``rag.query_analysis``)."""
+        ...
 
     async def entity_states(
         self, entity_ids: Sequence[str], as_of_sequence: int | None
@@ -182,7 +186,7 @@ async def assemble_context(
     started = time.perf_counter()
 
     t = time.perf_counter()
-    known = await state_source.known_entities() if state_source is not None else []
+    known = await state_source.known_entities() if state_source is not None else ()
     analysis = analyse_query(request.query, known, request.focus)
     timings["analyse"] = _ms(t)
 

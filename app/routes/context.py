@@ -113,12 +113,11 @@ async def build_bundle(
             return await degraded("ECS enrichment is switched off")
         if services.breaker.state == "open":
             return await degraded(f"ECS circuit open ({services.breaker.last_error or 'failures'})")
-        guarded = GuardedEcsSource(
-            EcsStateSource(services.engine, services.ecs_engine, tenant_id, chronicle_id,
-                           cache=getattr(services, "cache", None)),
-            services.breaker,
-            services.settings.ecs_timeout_ms / 1000,
+        source = EcsStateSource(
+            services.engine, services.ecs_engine, tenant_id, chronicle_id,
+            cache=getattr(services, "cache", None), names=getattr(services, "ecs_names", None),
         )  # fmt: skip
+        guarded = GuardedEcsSource(source, services.breaker, services.settings.ecs_timeout_ms / 1000)
         warning = None
         try:
             staleness = await check_staleness(

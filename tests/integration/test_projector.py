@@ -15,6 +15,7 @@ from ecs.projector import Projector
 from ecs.reducer import apply_event
 from ecs.repository import read_checkpoint, resume_checkpoint
 from ecs.schema import ecs_components, ecs_entities, ecs_outbox, ecs_relationships, ecs_valence_history
+from ecs.state_source import EcsStateSource, KnownNamesCache
 from rag.events import EventIn
 from rag.ingest import ingest_batch
 from rag.store import create_chronicle
@@ -203,3 +204,27 @@ async def test_failing_event_is_retried_then_parked_and_resumed(engine) -> None:
         assert await resume_checkpoint(conn, chronicle_id)
     assert await projector.catch_up(chronicle_id) == 2
     assert (await verify_chronicle(engine, engine, chronicle_id)).ok
+
+
+async def test_known_names_are_kept_per_checkpoint_and_renewed_when_it_moves(engine) -> None:
+    tenant_id, chronicle_id = await new_chronicle(engine)
+    projector = Projector(engine, engine)
+    names = KnownNamesCache()
+
+    async def known() -> tuple:
+        return await EcsStateSource(engine, engine, tenant_id, chronicle_id, names=names).known_entities()
+
+    await ingest(engine, tenant_id, chronicle_id, [EventIn(summary="Ada waits.", actors=["Ada"])])
+    await projector.catch_up(chronicle_id)
+    first = await known()
+    assert [k.name for k in first] == ["Ada"]
+    assert await known() is first  # same checkpoint: kept, not read again
+    await ingest(engine, tenant_id, chronicle_id, [EventIn(summary="Bo arrives.", actors=["Bo"])])
+    assert await known() is first  # not projected yet, so ECS has not changed either
+    await projector.catch_up(chronicle_id)
+    second = await known()
+    assert [k.name for k in second] == ["Ada", "Bo"]
+    # A rebuild swaps in new rows at the same sequence; the checkpoint's time says they are new.
+    assert await rebuild_chronicle(engine, engine, chronicle_id) is not None
+    third = await known()
+    assert third is not second and third == second
