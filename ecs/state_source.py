@@ -8,6 +8,7 @@ from the authoritative log when ECS storage is unavailable.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Hashable, Sequence
@@ -20,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ecs.cache import EntityCache
 from ecs.components import Holder, Position, Status
 from ecs.projector import replay_stored, to_chronicle_event
-from ecs.queries import complete_view, get_entity_core
+from ecs.queries import complete_views, get_entity_core
 from ecs.reducer import Entity, Provenance, WorldState, apply_event, location_of
 from ecs.repository import Checkpoint, read_checkpoint
 from ecs.schema import ecs_components, ecs_entities
@@ -189,24 +190,23 @@ class EcsStateSource:
         position = await self.position()
         if as_of_sequence is not None and as_of_sequence < (position or 0):
             return await self.replayed(entity_ids, as_of_sequence)
-        states = []
+        wanted = [uuid.UUID(raw_id) for raw_id in entity_ids]
         async with self.ecs_engine.connect() as conn:
-            for raw_id in entity_ids:
-                entity_id = uuid.UUID(raw_id)
-                core = await self.cache.get(self.tenant_id, entity_id) if self.cache is not None else None
-                if core is None:
-                    core = await get_entity_core(conn, self.tenant_id, entity_id)
-                if core is None:
-                    continue
-                view = await complete_view(conn, core)
-                related = [entity_id, *(i.id for i in view.inventory)]
+            if self.cache is not None:
+                found = await asyncio.gather(*(self.cache.get(self.tenant_id, i) for i in wanted))
+            else:
+                found = [await get_entity_core(conn, self.tenant_id, i) for i in wanted]
+            cores = [core for core in found if core is not None]
+            views = await complete_views(conn, cores)
+            related: list[uuid.UUID] = []
+            for view in views:
+                related += [view.id, *(i.id for i in view.inventory)]
                 if view.location is not None:
                     related.append(view.location.id)
                 if view.holder is not None:
                     related.append(view.holder.id)
-                provenance = await self._provenance(conn, related)
-                states.append(self._from_view(view, provenance))
-        return states
+            provenance = await self._provenance(conn, sorted(set(related), key=lambda u: u.int))
+        return [self._from_view(view, provenance) for view in views]
 
     async def _provenance(
         self, conn: Any, entity_ids: list[uuid.UUID]

@@ -11,14 +11,15 @@ from sqlalchemy import func, select
 
 from app.cli import load_sample_story
 from ecs.maintenance import rebuild_chronicle, verify_chronicle
-from ecs.projector import Projector
+from ecs.projector import Projector, replay_stored
+from ecs.queries import complete_views, entity_view_from_state, get_entity_core
 from ecs.reducer import apply_event
 from ecs.repository import read_checkpoint, resume_checkpoint
 from ecs.schema import ecs_components, ecs_entities, ecs_outbox, ecs_relationships, ecs_valence_history
 from ecs.state_source import EcsStateSource, KnownNamesCache
 from rag.events import EventIn
 from rag.ingest import ingest_batch
-from rag.store import create_chronicle
+from rag.store import EventFilters, create_chronicle, list_events
 from tests.conftest import make_tenant
 from tests.integration.test_concurrent_ingest import hashed_vectors
 
@@ -228,3 +229,28 @@ async def test_known_names_are_kept_per_checkpoint_and_renewed_when_it_moves(eng
     assert await rebuild_chronicle(engine, engine, chronicle_id) is not None
     third = await known()
     assert third is not second and third == second
+
+
+async def test_views_read_together_follow_holder_chains_of_any_length(engine) -> None:
+    tenant_id, chronicle_id = await new_chronicle(engine)
+    story = [
+        {"summary": "Ada walks into the hall.", "actors": ["Ada"], "location": "Hall",
+         "effects": [{"op": "move", "entity": "Ada", "to": "Hall"}]},
+        {"summary": "Ada takes the chest.", "actors": ["Ada"],
+         "effects": [{"op": "transfer", "item": "Chest", "to": "Ada"}]},
+        {"summary": "The pouch goes into the chest.", "effects": [{"op": "transfer", "item": "Pouch", "to": "Chest"}]},
+        {"summary": "The coin goes into the pouch.", "effects": [{"op": "transfer", "item": "Coin", "to": "Pouch"}]},
+        {"summary": "Ada walks to the yard.", "actors": ["Ada"], "location": "Yard",
+         "effects": [{"op": "move", "entity": "Ada", "to": "Yard"}]},
+    ]  # fmt: skip
+    await ingest(engine, tenant_id, chronicle_id, [msgspec.convert(e, EventIn) for e in story])
+    await Projector(engine, engine).catch_up(chronicle_id)
+    async with engine.connect() as conn:
+        events = await list_events(conn, tenant_id, chronicle_id, EventFilters(), after_sequence=0, limit=100)
+        state, _, _ = replay_stored(events, chronicle_id)
+        ids = sorted(state.entities)
+        cores = [await get_entity_core(conn, tenant_id, uuid.UUID(i)) for i in ids]
+        views = await complete_views(conn, cores)
+    assert views == [entity_view_from_state(state, i) for i in ids]
+    located = {v.name: v.location.name if v.location else None for v in views}
+    assert located["Coin"] == located["Pouch"] == located["Chest"] == located["Ada"] == "Yard"
