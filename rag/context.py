@@ -268,25 +268,40 @@ async def assemble_context(
     # Keep history by score; render it in chronological order.
     by_score = sorted(history, key=lambda h: (-(h.score or 0.0), h.sequence))
 
+    # The budget search renders and counts the same cut more than once (the check, the search's
+    # last probe, the final text, the manifest's count); each is done once per distinct cut/text.
+    rendered: dict[tuple[int, int], str] = {}
+    counted: dict[str, int] = {}
+
     def render(n_history: int, n_recent: int) -> str:
-        chosen = sorted(by_score[:n_history], key=lambda h: h.sequence)
-        kept_recent = recent[len(recent) - n_recent :] if n_recent else []
-        return templates.render(
-            request.template,
-            {**render_base, "history": [_event_view(h) for h in chosen],
-             "recent": [_event_view(h) for h in kept_recent]},
-        )  # fmt: skip
+        text = rendered.get((n_history, n_recent))
+        if text is None:
+            chosen = sorted(by_score[:n_history], key=lambda h: h.sequence)
+            kept_recent = recent[len(recent) - n_recent :] if n_recent else []
+            text = templates.render(
+                request.template,
+                {**render_base, "history": [_event_view(h) for h in chosen],
+                 "recent": [_event_view(h) for h in kept_recent]},
+            )  # fmt: skip
+            rendered[(n_history, n_recent)] = text
+        return text
+
+    def count(text: str) -> int:
+        tokens = counted.get(text)
+        if tokens is None:
+            tokens = counted[text] = counter.count(text)
+        return tokens
 
     n_history, n_recent = len(by_score), len(recent)
     text = render(n_history, n_recent)
-    if counter.count(text) > request.max_tokens:
-        n_history = _largest_fitting(lambda n: render(n, n_recent), n_history, counter, request.max_tokens)
+    if count(text) > request.max_tokens:
+        n_history = _largest_fitting(lambda n: render(n, n_recent), n_history, count, request.max_tokens)
         text = render(n_history, n_recent)
-    if counter.count(text) > request.max_tokens:
-        n_recent = _largest_fitting(lambda n: render(0, n), n_recent, counter, request.max_tokens)
+    if count(text) > request.max_tokens:
+        n_recent = _largest_fitting(lambda n: render(0, n), n_recent, count, request.max_tokens)
         text = render(0, n_recent)
     truncated = False
-    if counter.count(text) > request.max_tokens:
+    if count(text) > request.max_tokens:
         text = counter.truncate(text, request.max_tokens)
         truncated = True
     omitted += [
@@ -326,7 +341,7 @@ async def assemble_context(
             facets=list(analysis.facets),
             unresolved_focus=list(analysis.unresolved_focus),
         ),
-        token_count=counter.count(text),
+        token_count=count(text),
         max_tokens=request.max_tokens,
         text=text,
         timings_ms=timings,
@@ -337,12 +352,14 @@ def _ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 3)
 
 
-def _largest_fitting(render: Callable[[int], str], upper: int, counter: TokenCounter, budget: int) -> int:
+def _largest_fitting(
+    render: Callable[[int], str], upper: int, count: Callable[[str], int], budget: int
+) -> int:
     """The largest n in [0, upper] whose rendering fits the budget (0 if none does)."""
     low, high = 0, upper
     while low < high:
         middle = (low + high + 1) // 2
-        if counter.count(render(middle)) <= budget:
+        if count(render(middle)) <= budget:
             low = middle
         else:
             high = middle - 1
