@@ -85,7 +85,7 @@ async def build_bundle(
         retrieval_mode=data.retrieval,
         include_state=data.include_state,
     )
-    embed = _memoized(services.embed)
+    embed = _memoized(services.embed_query)
 
     async def assemble(
         state_source: StateSource, bundle_mode: Literal["full", "chronicle_only"], why: str | None
