@@ -14,11 +14,12 @@ text and prompt caches keep hitting.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from rag.events import normalize_name
 from rag.presets import RetrievalPreset
 from rag.query_analysis import KnownEntity, analyse_query
-from rag.retrieval import RetrievalQuery, RetrievedEvent, retrieve, sources_for_mode
+from rag.retrieval import RetrievalQuery, RetrievalResult, RetrievedEvent, retrieve, sources_for_mode
 from rag.store import StoredEvent, events_up_to, recent_events
 from rag.templates import TemplateRegistry
 from rag.tokens import TokenCounter
@@ -44,6 +45,8 @@ __all__ = [
 ]
 
 Mode = Literal["full", "chronicle_only"]
+A = TypeVar("A")
+B = TypeVar("B")
 RECENT_EVENTS = 5
 
 
@@ -196,48 +199,62 @@ async def assemble_context(
         {normalize_name(n) for i in focus_ids if i in by_id for n in (by_id[i].name, *by_id[i].aliases)}
     )
 
-    t = time.perf_counter()
     sources = sources_for_mode(request.retrieval_mode)
-    vector = None
-    if "vector" in sources and request.query.strip():
-        vector = (await embed([request.query]))[0]
-    timings["embed"] = _ms(t)
+    pov_keys = _pov_keys(request.pov, known)
+    upto = request.as_of_sequence if request.as_of_sequence is not None else chronicle_sequence
 
-    t = time.perf_counter()
-    pov_state: EntityState | None = None
-    states: list[EntityState] = []
-    if state_source is not None and request.include_state:
+    async def read_state() -> tuple[list[EntityState], EntityState | None, float]:
+        t = time.perf_counter()
+        if state_source is None or not request.include_state:
+            return [], None, _ms(t)
         wanted = list(focus_ids)
         pov_id = _resolve(request.pov, known) if request.pov else None
         if pov_id is not None and pov_id not in wanted:
             wanted.append(pov_id)
         fetched = {s.id: s for s in await state_source.entity_states(wanted, request.as_of_sequence)}
-        states = [fetched[i] for i in focus_ids if i in fetched]
-        pov_state = fetched.get(pov_id) if pov_id else None
-    timings["state"] = _ms(t)
-
-    t = time.perf_counter()
-    pov_keys = _pov_keys(request.pov, known)
-    async with engine.begin() as conn:
-        result = await retrieve(
-            conn,
-            RetrievalQuery(
-                tenant_id=request.tenant_id,
-                chronicle_id=request.chronicle_id,
-                text=request.query,
-                query_vector=vector,
-                entity_keys=focus_keys,
-                as_of_sequence=request.as_of_sequence,
-                sources=sources,
-            ),
-            request.preset if not pov_keys else _widened(request.preset),
+        return (
+            [fetched[i] for i in focus_ids if i in fetched],
+            fetched.get(pov_id) if pov_id else None,
+            _ms(t),
         )
-        upto = request.as_of_sequence if request.as_of_sequence is not None else chronicle_sequence
-        recent_rows = await recent_events(conn, request.tenant_id, request.chronicle_id, upto, RECENT_EVENTS)
-        witnessed: set[int] | None = None
-        if pov_keys:
-            witnessed = await _knowable_sequences(conn, request, pov_keys, upto)
-    timings["retrieve"] = _ms(t)
+
+    async def search() -> tuple[RetrievalResult | None, list[StoredEvent], set[int] | None, float, float]:
+        t = time.perf_counter()
+        vector = None
+        if "vector" in sources and request.query.strip():
+            vector = (await embed([request.query]))[0]
+        embed_ms = _ms(t)
+        t = time.perf_counter()
+        async with engine.begin() as conn:
+            result = await retrieve(
+                conn,
+                RetrievalQuery(
+                    tenant_id=request.tenant_id,
+                    chronicle_id=request.chronicle_id,
+                    text=request.query,
+                    query_vector=vector,
+                    entity_keys=focus_keys,
+                    as_of_sequence=request.as_of_sequence,
+                    sources=sources,
+                ),
+                request.preset if not pov_keys else _widened(request.preset),
+            )
+            recent_rows = await recent_events(
+                conn, request.tenant_id, request.chronicle_id, upto, RECENT_EVENTS
+            )
+            witnessed = await _knowable_sequences(conn, request, pov_keys, upto) if pov_keys else None
+        return result, recent_rows, witnessed, embed_ms, _ms(t)
+
+    # Current state and the search of the chronicle do not depend on each other: they run at the
+    # same time, each on its own connection (ECS, or a replay; the chronicle), and the question is
+    # embedded on the embedding thread meanwhile. One request then waits for the longer of the two,
+    # not for their sum.
+    (states, pov_state, state_ms), (result, recent_rows, witnessed, embed_ms, retrieve_ms) = await _together(
+        read_state(), search()
+    )
+    timings["embed"] = embed_ms
+    timings["state"] = state_ms
+    timings["retrieve"] = retrieve_ms
     retrieved = [] if result is None else list(result.events)
 
     t = time.perf_counter()
@@ -346,6 +363,20 @@ async def assemble_context(
         text=text,
         timings_ms=timings,
     )
+
+
+async def _together(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both results, computed concurrently. The first failure is raised as it is (not wrapped in a
+    group: callers tell ECS failures from others by type), after the other step was cancelled."""
+    tasks = asyncio.ensure_future(first), asyncio.ensure_future(second)
+    try:
+        a, b = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return a, b
 
 
 def _ms(since: float) -> float:

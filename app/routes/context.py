@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -141,14 +142,21 @@ async def build_bundle(
 def _memoized(
     embed: Callable[[list[str]], Awaitable[list[list[float]]]],
 ) -> Callable[[list[str]], Awaitable[list[list[float]]]]:
-    """A fallback after a failed ECS attempt must not embed the query a second time."""
-    seen: dict[tuple[str, ...], list[list[float]]] = {}
+    """A fallback after a failed ECS attempt must not embed the query a second time.
+
+    The embedding is kept as a task, shielded from its first caller: the full attempt may be
+    cancelled half-way (its state read failed while the question was being embedded), and the
+    fallback then waits for that same embedding instead of starting another.
+    """
+    seen: dict[tuple[str, ...], asyncio.Future[list[list[float]]]] = {}
 
     async def cached(texts: list[str]) -> list[list[float]]:
         key = tuple(texts)
         if key not in seen:
-            seen[key] = await embed(texts)
-        return seen[key]
+            task = seen[key] = asyncio.ensure_future(embed(texts))
+            # Marked as seen even if no caller is left to await it (the request was abandoned).
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return await asyncio.shield(seen[key])
 
     return cached
 
