@@ -311,15 +311,18 @@ async def assemble_context(
 
     n_history, n_recent = len(by_score), len(recent)
     text = render(n_history, n_recent)
-    if count(text) > request.max_tokens:
-        n_history = _largest_fitting(lambda n: render(n, n_recent), n_history, count, request.max_tokens)
+    budget = request.max_tokens
+    if count(text) > budget:
+        guess = _items_within(by_score[::-1], count(text) - budget, count(text) / max(len(text), 1))
+        n_history = _largest_fitting(lambda n: render(n, n_recent), n_history, count, budget, guess)
         text = render(n_history, n_recent)
-    if count(text) > request.max_tokens:
-        n_recent = _largest_fitting(lambda n: render(0, n), n_recent, count, request.max_tokens)
+    if count(text) > budget:
+        guess = _items_within(recent, count(text) - budget, count(text) / max(len(text), 1))
+        n_recent = _largest_fitting(lambda n: render(0, n), n_recent, count, budget, guess)
         text = render(0, n_recent)
     truncated = False
-    if count(text) > request.max_tokens:
-        text = counter.truncate(text, request.max_tokens)
+    if count(text) > budget:
+        text = counter.truncate(text, budget)
         truncated = True
     omitted += [
         Omitted(section="history", id=h.id, sequence=h.sequence, reason="token budget")
@@ -384,17 +387,59 @@ def _ms(since: float) -> float:
 
 
 def _largest_fitting(
-    render: Callable[[int], str], upper: int, count: Callable[[str], int], budget: int
+    render: Callable[[int], str], upper: int, count: Callable[[str], int], budget: int, guess: int
 ) -> int:
-    """The largest n in [0, upper] whose rendering fits the budget (0 if none does)."""
-    low, high = 0, upper
-    while low < high:
-        middle = (low + high + 1) // 2
-        if count(render(middle)) <= budget:
+    """The largest n in [0, upper] whose rendering fits the budget (0 if none does).
+
+    A rendering's count grows with n (each item adds lines of its own), so the answer is where
+    "fits" turns into "does not fit". Each probe renders and counts a whole bundle (~3 ms), so the
+    search starts at ``guess`` (an estimate, see `_items_within`) and gallops from there: with a
+    good guess two probes find the edge, where a binary search over [0, upper] took three or four.
+    0 itself is never probed: it is the answer when nothing larger fits.
+    """
+
+    def fits(n: int) -> bool:
+        return count(render(n)) <= budget
+
+    # `low` fits (or is 0); `high` does not fit (or is upper + 1, past the end).
+    low, high = 0, upper + 1
+    if upper < 1:
+        return 0
+    probe, step = min(max(guess, 1), upper), 1
+    if fits(probe):
+        low = probe
+        while low + step < high:
+            if not fits(low + step):
+                high = low + step
+                break
+            low, step = low + step, step * 2
+    else:
+        high = probe
+        while high - step > low:
+            if fits(high - step):
+                low = high - step
+                break
+            high, step = high - step, step * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fits(middle):
             low = middle
         else:
-            high = middle - 1
+            high = middle
     return low
+
+
+def _items_within(drop_order: Sequence[HistoryItem], excess_tokens: int, tokens_per_char: float) -> int:
+    """An estimate of how many items can stay: drop them in ``drop_order`` until their text (their
+    summary and note, plus a line's markup) is worth the excess tokens. Only the search's start."""
+    kept = len(drop_order)
+    remaining = float(excess_tokens)
+    for item in drop_order:
+        if remaining <= 0:
+            break
+        remaining -= tokens_per_char * (len(item.summary) + len(item.superseded_note or "") + 24)
+        kept -= 1
+    return kept
 
 
 def _resolve(ref: str, known: Sequence[KnownEntity]) -> str | None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.routes.context import _memoized
 from ecs.breaker import SlowCall
-from rag.context import _together
+from rag.context import _largest_fitting, _together
 
 
 async def test_both_results_come_back_in_order() -> None:
@@ -56,3 +58,40 @@ async def test_a_fallback_reuses_an_embedding_its_cancelled_first_attempt_starte
     release.set()
     assert await memo(["Where is Bram?"]) == [[1.0, 0.0]]  # the fallback
     assert calls == [["Where is Bram?"]]
+
+
+def _binary_search(counts: list[int], budget: int) -> int:
+    """The search the budget fit used before: the reference answer."""
+    low, high = 0, len(counts) - 1
+    while low < high:
+        middle = (low + high + 1) // 2
+        if counts[middle] <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    steps=st.lists(st.integers(1, 80), min_size=0, max_size=40),
+    base=st.integers(0, 500),
+    budget=st.integers(0, 2_000),
+    guess=st.integers(-3, 45),
+)
+def test_the_budget_search_finds_what_a_binary_search_finds_from_any_guess(
+    steps: list[int], base: int, budget: int, guess: int
+) -> None:
+    # A rendering with n items counts base + the first n steps (each item adds tokens).
+    counts = [base + sum(steps[:n]) for n in range(len(steps) + 1)]
+    probed: list[int] = []
+
+    def render(n: int) -> str:
+        probed.append(n)
+        return str(n)
+
+    found = _largest_fitting(render, len(steps), lambda text: counts[int(text)], budget, guess)
+    assert found == _binary_search(counts, budget)
+    assert 0 not in probed  # 0 is the answer when nothing larger fits; it is never rendered
+    if 1 <= guess == found < len(steps):
+        assert len(probed) == 2  # a right guess: itself, and one more that does not fit
