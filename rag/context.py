@@ -27,7 +27,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from rag.events import normalize_name
 from rag.presets import RetrievalPreset
 from rag.query_analysis import KnownEntity, analyse_query
-from rag.retrieval import RetrievalQuery, RetrievalResult, RetrievedEvent, retrieve, sources_for_mode
+from rag.retrieval import (
+    SOURCE_ORDER,
+    RetrievalQuery,
+    RetrievalResult,
+    RetrievedEvent,
+    Searched,
+    Source,
+    retrieve,
+    search_source,
+    sources_for_mode,
+)
 from rag.store import StoredEvent, events_up_to, recent_events
 from rag.templates import TemplateRegistry
 from rag.tokens import TokenCounter
@@ -218,31 +228,46 @@ async def assemble_context(
             _ms(t),
         )
 
+    async def embedding() -> tuple[list[float], float]:
+        t = time.perf_counter()
+        vector = (await embed([request.query]))[0]
+        return vector, _ms(t)
+
     async def search() -> tuple[RetrievalResult | None, list[StoredEvent], set[int] | None, float, float]:
         t = time.perf_counter()
-        vector = None
-        if "vector" in sources and request.query.strip():
-            vector = (await embed([request.query]))[0]
-        embed_ms = _ms(t)
-        t = time.perf_counter()
-        async with engine.begin() as conn:
-            result = await retrieve(
-                conn,
-                RetrievalQuery(
-                    tenant_id=request.tenant_id,
-                    chronicle_id=request.chronicle_id,
-                    text=request.query,
-                    query_vector=vector,
-                    entity_keys=focus_keys,
-                    as_of_sequence=request.as_of_sequence,
-                    sources=sources,
-                ),
-                request.preset if not pov_keys else _widened(request.preset),
-            )
-            recent_rows = await recent_events(
-                conn, request.tenant_id, request.chronicle_id, upto, RECENT_EVENTS
-            )
-            witnessed = await _knowable_sequences(conn, request, pov_keys, upto) if pov_keys else None
+        query = RetrievalQuery(
+            tenant_id=request.tenant_id,
+            chronicle_id=request.chronicle_id,
+            text=request.query,
+            entity_keys=focus_keys,
+            as_of_sequence=request.as_of_sequence,
+            sources=sources,
+        )
+        preset = request.preset if not pov_keys else _widened(request.preset)
+        # The question is embedded on the embedding thread while the sources that need no vector
+        # (words, entities) run in PostgreSQL: the model and the database work at the same time.
+        pending = (
+            asyncio.ensure_future(embedding()) if "vector" in sources and request.query.strip() else None
+        )
+        try:
+            async with engine.begin() as conn:
+                searched: dict[Source, Searched] = {
+                    source: await search_source(conn, query, preset, source)
+                    for source in SOURCE_ORDER
+                    if source in sources and source != "vector"
+                }
+                embed_ms = 0.0
+                if pending is not None:
+                    vector, embed_ms = await pending
+                    query = msgspec.structs.replace(query, query_vector=vector)
+                result = await retrieve(conn, query, preset, searched=searched)
+                recent_rows = await recent_events(
+                    conn, request.tenant_id, request.chronicle_id, upto, RECENT_EVENTS
+                )
+                witnessed = await _knowable_sequences(conn, request, pov_keys, upto) if pov_keys else None
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()  # the search failed or was cancelled; a memoized embedding goes on
         return result, recent_rows, witnessed, embed_ms, _ms(t)
 
     # Current state and the search of the chronicle do not depend on each other: they run at the

@@ -63,12 +63,14 @@ from rag.schema import chronicle_events, chronicles
 __all__ = [
     "ALL_SOURCES",
     "MODES",
+    "SOURCE_ORDER",
     "Candidate",
     "CollapsedEvent",
     "Hit",
     "RetrievalQuery",
     "RetrievalResult",
     "RetrievedEvent",
+    "Searched",
     "Selected",
     "Source",
     "collapse_near_duplicates",
@@ -78,6 +80,7 @@ __all__ = [
     "lexical_terms",
     "recency_bonus",
     "retrieve",
+    "search_source",
     "sources_for_mode",
     "vector_search",
     "vector_statement",
@@ -547,14 +550,43 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 3)
 
 
+class Searched(msgspec.Struct, frozen=True, kw_only=True):
+    """One source's hits for a query, and how long the search took."""
+
+    hits: list[Hit]
+    ms: float
+
+
+async def search_source(
+    conn: AsyncConnection, q: RetrievalQuery, preset: RetrievalPreset, source: Source
+) -> Searched:
+    """Run one source of :func:`retrieve` on its own (see ``retrieve(..., searched=)``)."""
+    t = time.perf_counter()
+    if source == "vector":
+        hits = await vector_search(
+            conn, q, preset.k_vector, preset.ef_search, max_scan_tuples=preset.max_scan_tuples
+        )
+    elif source == "lexical":
+        hits = await lexical_search(conn, q, preset.k_lexical)
+    else:
+        hits = await entity_search(conn, q, preset.k_entity)
+    return Searched(hits=hits, ms=_ms(t))
+
+
 async def retrieve(
-    conn: AsyncConnection, q: RetrievalQuery, preset: RetrievalPreset
+    conn: AsyncConnection,
+    q: RetrievalQuery,
+    preset: RetrievalPreset,
+    *,
+    searched: Mapping[Source, Searched] | None = None,
 ) -> RetrievalResult | None:
     """Run the sources, fuse, load the best ``rerank_pool`` events, collapse, return ``top_k``.
 
     None when the chronicle does not exist for this tenant. The sources run one after the other
-    on ``conn``. ``timings_ms`` has one entry per stage (``chronicle``, each source run, ``fuse``,
-    ``load``, ``collapse``) and ``total``.
+    on ``conn``, except those in ``searched``: results of :func:`search_source` for the same query
+    and preset that the caller already has (a context request runs the sources that need no query
+    vector while the question is still being embedded). ``timings_ms`` has one entry per stage
+    (``chronicle``, each source run, ``fuse``, ``load``, ``collapse``) and ``total``.
     """
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -574,17 +606,11 @@ async def retrieve(
     for source in SOURCE_ORDER:
         if source not in q.sources:
             continue
-        t = time.perf_counter()
-        if source == "vector":
-            hits = await vector_search(
-                conn, q, preset.k_vector, preset.ef_search, max_scan_tuples=preset.max_scan_tuples
-            )
-        elif source == "lexical":
-            hits = await lexical_search(conn, q, preset.k_lexical)
-        else:
-            hits = await entity_search(conn, q, preset.k_entity)
-        timings[source] = _ms(t)
-        hit_lists[source] = hits
+        done = searched.get(source) if searched is not None else None
+        if done is None:
+            done = await search_source(conn, q, preset, source)
+        timings[source] = done.ms
+        hit_lists[source] = done.hits
 
     t = time.perf_counter()
     candidates = fuse(hit_lists.values(), preset, max_sequence)
