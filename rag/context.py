@@ -52,6 +52,7 @@ __all__ = [
     "RelationFact",
     "StateSource",
     "assemble_context",
+    "needs_query_vector",
 ]
 
 Mode = Literal["full", "chronicle_only"]
@@ -183,6 +184,11 @@ class Bundle(msgspec.Struct, frozen=True, kw_only=True):
 EmbedQuery = Callable[[list[str]], Awaitable[list[list[float]]]]
 
 
+def needs_query_vector(request: ContextRequest) -> bool:
+    """Whether assembling this request embeds its query (callers may start that early)."""
+    return "vector" in sources_for_mode(request.retrieval_mode) and bool(request.query.strip())
+
+
 async def assemble_context(
     engine: AsyncEngine,
     request: ContextRequest,
@@ -244,11 +250,9 @@ async def assemble_context(
             sources=sources,
         )
         preset = request.preset if not pov_keys else _widened(request.preset)
-        # The question is embedded on the embedding thread while the sources that need no vector
-        # (words, entities) run in PostgreSQL: the model and the database work at the same time.
-        pending = (
-            asyncio.ensure_future(embedding()) if "vector" in sources and request.query.strip() else None
-        )
+        # The question is embedded on the embedding thread while the reads that need no vector
+        # (words, entities, the latest events) run in PostgreSQL: model and database work at once.
+        pending = asyncio.ensure_future(embedding()) if needs_query_vector(request) else None
         try:
             async with engine.begin() as conn:
                 searched: dict[Source, Searched] = {
@@ -256,15 +260,15 @@ async def assemble_context(
                     for source in SOURCE_ORDER
                     if source in sources and source != "vector"
                 }
+                recent_rows = await recent_events(
+                    conn, request.tenant_id, request.chronicle_id, upto, RECENT_EVENTS
+                )
+                witnessed = await _knowable_sequences(conn, request, pov_keys, upto) if pov_keys else None
                 embed_ms = 0.0
                 if pending is not None:
                     vector, embed_ms = await pending
                     query = msgspec.structs.replace(query, query_vector=vector)
                 result = await retrieve(conn, query, preset, searched=searched)
-                recent_rows = await recent_events(
-                    conn, request.tenant_id, request.chronicle_id, upto, RECENT_EVENTS
-                )
-                witnessed = await _knowable_sequences(conn, request, pov_keys, upto) if pov_keys else None
         finally:
             if pending is not None and not pending.done():
                 pending.cancel()  # the search failed or was cancelled; a memoized embedding goes on

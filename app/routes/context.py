@@ -22,7 +22,7 @@ from app.errors import FieldError, ProblemError, not_found
 from app.services import Services
 from ecs.guard import GuardedEcsSource, check_staleness, is_ecs_failure
 from ecs.state_source import ChronicleReplayStateSource, EcsStateSource
-from rag.context import Bundle, ContextRequest, StateSource, assemble_context
+from rag.context import Bundle, ContextRequest, StateSource, assemble_context, needs_query_vector
 from rag.presets import PRESETS, get_preset
 from rag.store import get_chronicle
 from rag.templates import UnknownTemplate
@@ -86,7 +86,12 @@ async def build_bundle(
         retrieval_mode=data.retrieval,
         include_state=data.include_state,
     )
-    embed = _memoized(services.embed_query)
+    embed = _QueryEmbeddings(services.embed_query)
+    if needs_query_vector(request):
+        # Embedding the question takes a few milliseconds on its own thread: it starts now and
+        # is done by the time the search needs it, instead of after the staleness check, the
+        # names and the query analysis.
+        embed.start([request.query])
 
     async def assemble(
         state_source: StateSource, bundle_mode: Literal["full", "chronicle_only"], why: str | None
@@ -139,26 +144,33 @@ async def build_bundle(
         return bundle
 
 
-def _memoized(
-    embed: Callable[[list[str]], Awaitable[list[list[float]]]],
-) -> Callable[[list[str]], Awaitable[list[list[float]]]]:
-    """A fallback after a failed ECS attempt must not embed the query a second time.
+class _QueryEmbeddings:
+    """The embeddings of one request's texts, each computed once.
 
-    The embedding is kept as a task, shielded from its first caller: the full attempt may be
-    cancelled half-way (its state read failed while the question was being embedded), and the
-    fallback then waits for that same embedding instead of starting another.
+    A fallback after a failed ECS attempt must not embed the query a second time, and the query
+    is embedded ahead (`start`) while the request does its other reads. Each embedding is a task,
+    shielded from its callers: the full attempt may be cancelled half-way (its state read failed
+    while the question was being embedded), and the fallback then waits for that same embedding.
     """
-    seen: dict[tuple[str, ...], asyncio.Future[list[list[float]]]] = {}
 
-    async def cached(texts: list[str]) -> list[list[float]]:
+    def __init__(self, embed: Callable[[list[str]], Awaitable[list[list[float]]]]) -> None:
+        self._embed = embed
+        self._tasks: dict[tuple[str, ...], asyncio.Future[list[list[float]]]] = {}
+
+    def start(self, texts: list[str]) -> None:
+        self._task(texts)
+
+    def __call__(self, texts: list[str]) -> Awaitable[list[list[float]]]:
+        return asyncio.shield(self._task(texts))
+
+    def _task(self, texts: list[str]) -> asyncio.Future[list[list[float]]]:
         key = tuple(texts)
-        if key not in seen:
-            task = seen[key] = asyncio.ensure_future(embed(texts))
+        task = self._tasks.get(key)
+        if task is None:
+            task = self._tasks[key] = asyncio.ensure_future(self._embed(list(texts)))
             # Marked as seen even if no caller is left to await it (the request was abandoned).
             task.add_done_callback(lambda done: done.cancelled() or done.exception())
-        return await asyncio.shield(seen[key])
-
-    return cached
+        return task
 
 
 def _replay(

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.routes.context import _memoized
+from app.routes.context import _QueryEmbeddings
 from ecs.breaker import SlowCall
 from rag.context import _largest_fitting, _together
 
@@ -49,7 +49,7 @@ async def test_a_fallback_reuses_an_embedding_its_cancelled_first_attempt_starte
         await release.wait()
         return [[1.0, 0.0]]
 
-    memo = _memoized(embed)
+    memo = _QueryEmbeddings(embed)
     first = asyncio.ensure_future(memo(["Where is Bram?"]))
     await asyncio.sleep(0)
     first.cancel()  # the full attempt gave up (its ECS read failed) while the question was embedded
@@ -58,6 +58,21 @@ async def test_a_fallback_reuses_an_embedding_its_cancelled_first_attempt_starte
     release.set()
     assert await memo(["Where is Bram?"]) == [[1.0, 0.0]]  # the fallback
     assert calls == [["Where is Bram?"]]
+
+
+async def test_an_embedding_started_ahead_is_the_one_the_search_gets() -> None:
+    calls: list[list[str]] = []
+
+    async def embed(texts: list[str]) -> list[list[float]]:
+        calls.append(texts)
+        await asyncio.sleep(0.01)
+        return [[0.0, 1.0]]
+
+    memo = _QueryEmbeddings(embed)
+    memo.start(["Who holds the key?"])
+    memo.start(["Who holds the key?"])
+    assert await memo(["Who holds the key?"]) == [[0.0, 1.0]]
+    assert calls == [["Who holds the key?"]]
 
 
 def _binary_search(counts: list[int], budget: int) -> int:
