@@ -56,6 +56,8 @@ class Services:
         self.replay_names = KnownNamesCache()
         self.ecs_names = KnownNamesCache()
         self.fallbacks_served: dict[str, int] = {}
+        self.contexts_in_flight = 0
+        """Context requests being built right now (they search with more connections when alone)."""
         self.breaker = CircuitBreaker(
             "ecs",
             BreakerConfig(

@@ -200,7 +200,14 @@ async def assemble_context(
     embed: EmbedQuery,
     counter: TokenCounter,
     templates: TemplateRegistry,
+    spare_connection: bool = False,
 ) -> Bundle:
+    """The context bundle for ``request``.
+
+    ``spare_connection``: the caller has cores and connections to spare (it is not busy with
+    other requests), so the vector search may run on a connection of its own, concurrently with
+    the other searches: lower latency for one more connection.
+    """
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -253,22 +260,49 @@ async def assemble_context(
         # The question is embedded on the embedding thread while the reads that need no vector
         # (words, entities, the latest events) run in PostgreSQL: model and database work at once.
         pending = asyncio.ensure_future(embedding()) if needs_query_vector(request) else None
+        embed_ms = 0.0
+
+        async def with_vector() -> RetrievalQuery:
+            nonlocal embed_ms
+            if pending is None:
+                return query
+            vector, embed_ms = await pending
+            return msgspec.structs.replace(query, query_vector=vector)
+
+        async def vector_apart() -> Searched:
+            vector_query = await with_vector()
+            async with engine.begin() as own:
+                return await search_source(own, vector_query, preset, "vector")
+
         try:
             async with engine.begin() as conn:
-                searched: dict[Source, Searched] = {
-                    source: await search_source(conn, query, preset, source)
-                    for source in SOURCE_ORDER
-                    if source in sources and source != "vector"
-                }
-                recent_rows = await recent_events(
-                    conn, request.tenant_id, request.chronicle_id, upto, RECENT_EVENTS
-                )
-                witnessed = await _knowable_sequences(conn, request, pov_keys, upto) if pov_keys else None
-                embed_ms = 0.0
-                if pending is not None:
-                    vector, embed_ms = await pending
-                    query = msgspec.structs.replace(query, query_vector=vector)
-                result = await retrieve(conn, query, preset, searched=searched)
+
+                async def without_vector() -> tuple[
+                    dict[Source, Searched], list[StoredEvent], set[int] | None
+                ]:
+                    searched: dict[Source, Searched] = {
+                        source: await search_source(conn, query, preset, source)
+                        for source in SOURCE_ORDER
+                        if source in sources and source != "vector"
+                    }
+                    recent = await recent_events(
+                        conn, request.tenant_id, request.chronicle_id, upto, RECENT_EVENTS
+                    )
+                    known_to_pov = (
+                        await _knowable_sequences(conn, request, pov_keys, upto) if pov_keys else None
+                    )
+                    return searched, recent, known_to_pov
+
+                if spare_connection and pending is not None:
+                    # Idle cores: the vector search gets a connection of its own and runs as soon as
+                    # the vector is there, alongside the word and entity searches.
+                    (searched, recent_rows, witnessed), vector_hits = await _together(
+                        without_vector(), vector_apart()
+                    )
+                    searched["vector"] = vector_hits
+                else:
+                    searched, recent_rows, witnessed = await without_vector()
+                result = await retrieve(conn, await with_vector(), preset, searched=searched)
         finally:
             if pending is not None and not pending.done():
                 pending.cancel()  # the search failed or was cancelled; a memoized embedding goes on

@@ -9,6 +9,11 @@ import pytest
 
 from app.cli import load_sample_story
 from ecs.projector import Projector
+from ecs.state_source import EcsStateSource
+from rag.context import ContextRequest, assemble_context
+from rag.presets import get_preset
+from rag.templates import TemplateRegistry
+from rag.tokens import get_counter
 from tests.conftest import Tenant
 
 
@@ -153,3 +158,31 @@ async def test_a_held_item_that_moved_with_its_holder_is_marked_superseded(clien
         pickup = next(h for h in bundle["history"] + bundle["recent"] if h["sequence"] == 2)
         assert pickup["superseded"], (mode, pickup)
         assert "now: football at garden" in pickup["superseded_note"]
+
+
+@pytest.mark.parametrize(
+    "query", ["Where is Bram now?", "What happened to the silver key?", "Who does Oswin trust?"]
+)
+async def test_a_second_search_connection_changes_nothing_but_timings(
+    engine, embedder, tenant, story, query
+) -> None:
+    # A request alone on the service searches vectors on a connection of its own; a busy one
+    # searches everything on one connection. Both must build the same bundle.
+    chronicle = uuid.UUID(story)
+    request = ContextRequest(
+        tenant_id=tenant.id, chronicle_id=chronicle, query=query, preset=get_preset("default")
+    )
+
+    async def embed(texts: list[str]) -> list[list[float]]:
+        return embedder.embed(texts)
+
+    bundles = []
+    for spare in (False, True):
+        bundle = await assemble_context(
+            engine, request, chronicle_sequence=40, state_source=EcsStateSource(engine, engine, tenant.id, chronicle),
+            mode="full", degraded_reason=None, embed=embed, counter=get_counter(), templates=TemplateRegistry(),
+            spare_connection=spare,
+        )  # fmt: skip
+        bundles.append(msgspec.structs.replace(bundle, timings_ms={}))
+    assert bundles[0] == bundles[1]
+    assert bundles[0].history
