@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 
 import msgspec
-from sqlalchemy import and_, exists, false, func, literal, or_, select, true, tuple_
+from sqlalchemy import and_, bindparam, exists, false, func, literal, or_, select, true, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -363,17 +363,73 @@ async def get_entity_core(
     return EntityCore(**values)
 
 
+# The statements of complete_views() are built once, with bound parameters: building a Core
+# statement and its cache key costs more CPU than executing it, on every context request.
+_NAMES: Final = select(ecs_entities.c.id, ecs_entities.c.name).where(
+    ecs_entities.c.chronicle_id == bindparam("chronicle_id"),
+    ecs_entities.c.id.in_(bindparam("ids", expanding=True)),
+)
+_position_c = ecs_components.alias("pos")
+_holder_c = ecs_components.alias("hold")
+_HOLDER_LINKS: Final = (
+    select(ecs_entities.c.id, ecs_entities.c.kind, _position_c.c.location_id, _holder_c.c.holder_id)
+    .select_from(
+        ecs_entities.outerjoin(
+            _position_c, and_(_position_c.c.entity_id == ecs_entities.c.id, _position_c.c.type == "position")
+        ).outerjoin(_holder_c, and_(_holder_c.c.entity_id == ecs_entities.c.id, _holder_c.c.type == "holder"))
+    )
+    .where(
+        ecs_entities.c.id.in_(bindparam("ids", expanding=True)),
+        ecs_entities.c.chronicle_id == bindparam("chronicle_id"),
+    )
+)
+_INVENTORIES: Final = (
+    select(ecs_components.c.holder_id, ecs_entities.c.id, ecs_entities.c.name)
+    .select_from(ecs_components.join(ecs_entities, ecs_entities.c.id == ecs_components.c.entity_id))
+    .where(
+        ecs_components.c.chronicle_id == bindparam("chronicle_id"),
+        ecs_components.c.type == "holder",
+        ecs_components.c.holder_id.in_(bindparam("ids", expanding=True)),
+    )
+    .order_by(ecs_entities.c.created_sequence, ecs_entities.c.id)
+)
+_from_e = ecs_entities.alias("from_e")
+_to_e = ecs_entities.alias("to_e")
+# Both directions in one statement. The far end must exist (an inner join, as a per-direction
+# query would have it: checked where the rows are read); the near end is the entity itself.
+_RELATIONSHIPS: Final = (
+    select(
+        ecs_relationships.c.from_id,
+        ecs_relationships.c.to_id,
+        _from_e.c.name.label("from_name"),
+        _to_e.c.name.label("to_name"),
+        ecs_relationships.c.types,
+        ecs_relationships.c.valence,
+        ecs_relationships.c.created_sequence,
+        ecs_relationships.c.updated_sequence,
+    )
+    .select_from(
+        ecs_relationships.outerjoin(_from_e, _from_e.c.id == ecs_relationships.c.from_id).outerjoin(
+            _to_e, _to_e.c.id == ecs_relationships.c.to_id
+        )
+    )
+    .where(
+        ecs_relationships.c.chronicle_id == bindparam("chronicle_id"),
+        or_(
+            ecs_relationships.c.from_id.in_(bindparam("ids", expanding=True)),
+            ecs_relationships.c.to_id.in_(bindparam("ids", expanding=True)),
+        ),
+    )
+)
+
+
 async def _names(
     conn: AsyncConnection, chronicle_id: uuid.UUID, ids: Iterable[uuid.UUID]
 ) -> dict[uuid.UUID, str]:
     wanted = sorted(set(ids), key=lambda u: u.int)
     if not wanted:
         return {}
-    rows = await conn.execute(
-        select(ecs_entities.c.id, ecs_entities.c.name).where(
-            ecs_entities.c.chronicle_id == chronicle_id, ecs_entities.c.id.in_(wanted)
-        )
-    )
+    rows = await conn.execute(_NAMES, {"chronicle_id": chronicle_id, "ids": wanted})
     return {row.id: row.name for row in rows}
 
 
@@ -391,8 +447,6 @@ async def _location_ids(
             located[core.id] = _ref_field(core.components, "position", "location")
         else:
             walks[core.id] = (_ref_field(core.components, "holder", "holder"), {core.id})
-    position_c = ecs_components.alias("pos")
-    holder_c = ecs_components.alias("hold")
     while walks:
         step: dict[uuid.UUID, uuid.UUID] = {}
         for core_id, (current, seen) in walks.items():
@@ -403,21 +457,8 @@ async def _location_ids(
             step[core_id] = current
         if not step:
             break
-        rows = await conn.execute(
-            select(ecs_entities.c.id, ecs_entities.c.kind, position_c.c.location_id, holder_c.c.holder_id)
-            .select_from(
-                ecs_entities.outerjoin(
-                    position_c,
-                    and_(position_c.c.entity_id == ecs_entities.c.id, position_c.c.type == "position"),
-                ).outerjoin(
-                    holder_c, and_(holder_c.c.entity_id == ecs_entities.c.id, holder_c.c.type == "holder")
-                )
-            )
-            .where(
-                ecs_entities.c.id.in_(sorted(set(step.values()), key=lambda u: u.int)),
-                ecs_entities.c.chronicle_id == chronicle_id,
-            )
-        )
+        wanted = sorted(set(step.values()), key=lambda u: u.int)
+        rows = await conn.execute(_HOLDER_LINKS, {"chronicle_id": chronicle_id, "ids": wanted})
         links = {row.id: row for row in rows}
         following: dict[uuid.UUID, tuple[uuid.UUID | None, set[uuid.UUID]]] = {}
         for core_id, current in step.items():
@@ -458,45 +499,12 @@ async def _complete_chronicle_views(
     ids = sorted({core.id for core in cores}, key=lambda u: u.int)
     locations = await _location_ids(conn, chronicle_id, cores)
 
-    items = await conn.execute(
-        select(ecs_components.c.holder_id, ecs_entities.c.id, ecs_entities.c.name)
-        .select_from(ecs_components.join(ecs_entities, ecs_entities.c.id == ecs_components.c.entity_id))
-        .where(
-            ecs_components.c.chronicle_id == chronicle_id,
-            ecs_components.c.type == "holder",
-            ecs_components.c.holder_id.in_(ids),
-        )
-        .order_by(ecs_entities.c.created_sequence, ecs_entities.c.id)
-    )
+    items = await conn.execute(_INVENTORIES, {"chronicle_id": chronicle_id, "ids": ids})
     held: dict[uuid.UUID, list[EntityRef]] = {}
     for item in items:
         held.setdefault(item.holder_id, []).append(EntityRef(item.id, item.name))
 
-    # Both directions in one statement. The far end must exist (an inner join, as a per-direction
-    # query would have it); the near end is the entity itself, so it is joined only for its name.
-    from_e = ecs_entities.alias("from_e")
-    to_e = ecs_entities.alias("to_e")
-    rows = await conn.execute(
-        select(
-            ecs_relationships.c.from_id,
-            ecs_relationships.c.to_id,
-            from_e.c.name.label("from_name"),
-            to_e.c.name.label("to_name"),
-            ecs_relationships.c.types,
-            ecs_relationships.c.valence,
-            ecs_relationships.c.created_sequence,
-            ecs_relationships.c.updated_sequence,
-        )
-        .select_from(
-            ecs_relationships.outerjoin(from_e, from_e.c.id == ecs_relationships.c.from_id).outerjoin(
-                to_e, to_e.c.id == ecs_relationships.c.to_id
-            )
-        )
-        .where(
-            ecs_relationships.c.chronicle_id == chronicle_id,
-            or_(ecs_relationships.c.from_id.in_(ids), ecs_relationships.c.to_id.in_(ids)),
-        )
-    )
+    rows = await conn.execute(_RELATIONSHIPS, {"chronicle_id": chronicle_id, "ids": ids})
     relationships: dict[uuid.UUID, list[RelationshipView]] = {}
     wanted = set(ids)
     for row in rows:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import delete, func, null, select, update
+from sqlalchemy import bindparam, delete, func, null, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -323,6 +323,14 @@ async def claim_checkpoint(
     return None if row is None else Checkpoint(*row)
 
 
+_READ_CHECKPOINT = select(*_CHECKPOINT_COLUMNS).where(
+    ecs_checkpoints.c.chronicle_id == bindparam("chronicle_id")
+)
+_READ_CHECKPOINT_HEAD = select(
+    *(null().label("snapshot") if c.name == "snapshot" else c for c in _CHECKPOINT_COLUMNS)
+).where(ecs_checkpoints.c.chronicle_id == bindparam("chronicle_id"))
+
+
 async def read_checkpoint(
     conn: AsyncConnection, chronicle_id: uuid.UUID, *, snapshot: bool = True
 ) -> Checkpoint | None:
@@ -331,10 +339,8 @@ async def read_checkpoint(
     The snapshot is the whole encoded world state (megabytes for a long chronicle): readers that
     only want the position, the lag or the parked flag - every context request - must not fetch it.
     """
-    columns = [
-        c if snapshot or c.name != "snapshot" else null().label("snapshot") for c in _CHECKPOINT_COLUMNS
-    ]
-    row = (await conn.execute(select(*columns).where(ecs_checkpoints.c.chronicle_id == chronicle_id))).first()
+    query = _READ_CHECKPOINT if snapshot else _READ_CHECKPOINT_HEAD
+    row = (await conn.execute(query, {"chronicle_id": chronicle_id})).first()
     return None if row is None else Checkpoint(*row)
 
 
