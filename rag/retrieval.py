@@ -570,24 +570,26 @@ def collapse_near_duplicates(
         pick_mmr = float(mmr.max())
         remaining.remove(pick)
         chosen = candidates[pick]
+        # Whole-array steps over the remaining candidates (in fused order) instead of one numpy
+        # scalar at a time: the same comparisons and maxima, a tenth of the interpreter work.
+        rest = np.array(remaining, dtype=np.intp)
+        similar = similarity[pick, rest]
+        is_duplicate = similar > preset.duplicate_threshold
         duplicates: list[uuid.UUID] = []
-        survivors: list[int] = []
-        for i in remaining:
-            if similarity[pick, i] > preset.duplicate_threshold:
-                duplicates.append(candidates[i].event_id)
-                collapsed.append(
-                    CollapsedEvent(
-                        event_id=candidates[i].event_id,
-                        sequence=candidates[i].sequence,
-                        into_event_id=chosen.event_id,
-                        into_sequence=chosen.sequence,
-                        similarity=float(similarity[pick, i]),
-                    )
+        for i, cosine in zip(rest[is_duplicate].tolist(), similar[is_duplicate].tolist(), strict=True):
+            duplicates.append(candidates[i].event_id)
+            collapsed.append(
+                CollapsedEvent(
+                    event_id=candidates[i].event_id,
+                    sequence=candidates[i].sequence,
+                    into_event_id=chosen.event_id,
+                    into_sequence=chosen.sequence,
+                    similarity=cosine,
                 )
-            else:
-                survivors.append(i)
-                penalty[i] = max(penalty[i], float(similarity[pick, i]))
-        remaining = survivors
+            )
+        survivors = rest[~is_duplicate]
+        penalty[survivors] = np.maximum(penalty[survivors], similar[~is_duplicate])
+        remaining = survivors.tolist()
         selected.append(Selected(candidate=chosen, mmr_score=pick_mmr, collapsed_ids=duplicates))
     return selected, collapsed
 
