@@ -25,12 +25,12 @@ from ecs.projector import Projector
 from ecs.relay import OutboxRelay
 from ecs.repository import read_checkpoint
 from ecs.state_source import KnownNamesCache
-from rag.embedding import Embedder, create_embedder
+from rag.embedding import Embedder, LocalMiniLMEmbedder, create_embedder
 from rag.store import claim_embedding_space
 from rag.templates import TemplateRegistry
 from rag.tokens import get_counter
 
-__all__ = ["Services", "build_embedder", "open_services"]
+__all__ = ["Services", "build_embedder", "build_query_embedder", "open_services"]
 
 log = logging.getLogger("lore.services")
 
@@ -43,17 +43,22 @@ class Services:
         engine: AsyncEngine,
         ecs_engine: AsyncEngine,
         embedder: Embedder,
+        query_embedder: Embedder | None = None,
     ) -> None:
         self.settings = settings
         self.endpoints = endpoints
         self.engine = engine
         self.ecs_engine = ecs_engine
         self.embedder = embedder
+        self.query_embedder = query_embedder if query_embedder is not None else embedder
         self.key_cache = KeyCache()
         self.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         self.templates = TemplateRegistry()
         self.replay_names = KnownNamesCache()
+        self.ecs_names = KnownNamesCache()
         self.fallbacks_served: dict[str, int] = {}
+        self.contexts_in_flight = 0
+        """Context requests being built right now (they search with more connections when alone)."""
         self.breaker = CircuitBreaker(
             "ecs",
             BreakerConfig(
@@ -74,6 +79,9 @@ class Services:
         self.token_counter = get_counter()
         # One thread: the model already uses two intra-op threads, and more would only contend.
         self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        # Questions of context requests are embedded on a thread of their own, so that one never
+        # waits behind an ingest batch (see `build_query_embedder` for the model it uses).
+        self._query_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-query")
         self.redis = (
             Redis.from_url(endpoints.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
             if (endpoints.redis_url)
@@ -150,11 +158,18 @@ class Services:
         """Embed off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._embed_pool, self.embedder.embed, texts)
 
+    async def embed_query(self, texts: list[str]) -> list[list[float]]:
+        """Embed a context request's question off the event loop, with the query embedder."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._query_pool, self.query_embedder.embed, texts
+        )
+
     async def aclose(self) -> None:
         for task in list(self._catch_ups.values()):
             task.cancel()
         await asyncio.gather(*self._catch_ups.values(), return_exceptions=True)
         self._embed_pool.shutdown(wait=False, cancel_futures=True)
+        self._query_pool.shutdown(wait=False, cancel_futures=True)
         await self.cache.aclose()
         if self.redis is not None:
             await self.redis.aclose()
@@ -170,6 +185,21 @@ def build_embedder(settings: Settings) -> Embedder:
     )
 
 
+def build_query_embedder(embedder: Embedder) -> Embedder | None:
+    """A second instance of the local model for single questions, on one onnxruntime thread.
+
+    With two intra-op threads, onnxruntime's idle worker spin-waits for new work after every run:
+    one short question (5 ms of compute) then cost ~35 ms of CPU, a whole core busy doing nothing
+    while the request went on to PostgreSQL on the same two cores. One thread gives bit-identical
+    vectors with no spinning, and a single question gains nothing from a second thread anyway.
+    Batches (ingest) keep the shared embedder and its two threads. None for other providers: a
+    remote service has no such cost, and its client is shared as is.
+    """
+    if not isinstance(embedder, LocalMiniLMEmbedder):
+        return None
+    return LocalMiniLMEmbedder(intra_op_threads=1, inter_op_threads=1)
+
+
 @contextlib.asynccontextmanager
 async def open_services(
     settings: Settings,
@@ -181,8 +211,11 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """Open engines and the embedder; with `run_background`, also run the projector."""
     own_embedder = embedder is None
+    query_embedder: Embedder | None = None
     if embedder is None:
         embedder = await asyncio.to_thread(build_embedder, settings)
+        # Only with our own model: a caller that passes an embedder (tests) has it used for both.
+        query_embedder = await asyncio.to_thread(build_query_embedder, embedder)
     engine = create_engine(
         endpoints.database_url, timeout_ms=settings.db_timeout_ms, pool_size=settings.db_pool_size
     )
@@ -194,7 +227,7 @@ async def open_services(
         if separate_ecs
         else engine
     )
-    services = Services(settings, endpoints, engine, ecs_engine, embedder)
+    services = Services(settings, endpoints, engine, ecs_engine, embedder, query_embedder)
     stop = asyncio.Event()
     background: list[asyncio.Task[None]] = []
     try:
@@ -221,3 +254,5 @@ async def open_services(
         await engine.dispose()
         if own_embedder:
             embedder.close()
+            if query_embedder is not None:
+                query_embedder.close()

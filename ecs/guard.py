@@ -19,7 +19,7 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ecs.breaker import BreakerOpen, CircuitBreaker, SlowCall
-from ecs.repository import read_checkpoint
+from ecs.repository import Checkpoint
 from ecs.state_source import EcsStateSource
 from rag.context import EntityState
 from rag.outages import is_unavailable_error
@@ -90,7 +90,7 @@ class GuardedEcsSource:
         finally:
             self._remaining -= loop.time() - started
 
-    async def known_entities(self) -> list[KnownEntity]:
+    async def known_entities(self) -> Sequence[KnownEntity]:
         return await self.guard(self.inner.known_entities)
 
     async def entity_states(self, entity_ids: Sequence[str], as_of_sequence: int | None) -> list[EntityState]:
@@ -121,23 +121,22 @@ async def check_staleness(
     reported as the reason to fall back, since the chronicle replay is always current.
     """
 
-    async def read() -> tuple[int, bool, bool]:
-        async with source.inner.ecs_engine.connect() as conn:
-            checkpoint = await read_checkpoint(conn, chronicle_id)
+    def facts(checkpoint: Checkpoint | None) -> tuple[int, bool, bool]:
         if checkpoint is None:
             return 0, False, False
         return checkpoint.last_sequence, checkpoint.parked_at is not None, checkpoint.attempts > 0
 
-    position, parked, failing = await source.guard(read)
+    # The source's own (once per request) read: its position and known names use the same one.
+    position, parked, failing = facts(await source.guard(source.inner.checkpoint))
     caught_up = False
     # A chronicle whose projection is failing is in backoff: catching it up here would retry the
     # failing event on every request and park it within a few requests instead of after backoff.
     lagging = 0 < chronicle_sequence - position <= policy.max_lag_events
     if catch_up is not None and lagging and not parked and not failing:
         await catch_up()
-        position, parked, failing = await source.guard(read)
+        source.inner.forget_checkpoint()
+        position, parked, failing = facts(await source.guard(source.inner.checkpoint))
         caught_up = True
-    source.inner.remember_position(position)
     lag_events = max(0, chronicle_sequence - position)
     lag_seconds = 0.0
     if lag_events:

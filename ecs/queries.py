@@ -25,7 +25,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 
 import msgspec
-from sqlalchemy import and_, exists, false, func, literal, literal_column, or_, select, true, tuple_
+from sqlalchemy import (
+    and_,
+    bindparam,
+    exists,
+    false,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    true,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -74,6 +86,7 @@ __all__ = [
     "ValencePoint",
     "build_interactions",
     "complete_view",
+    "complete_views",
     "entity_event_keys",
     "entity_view_from_state",
     "event_headlines",
@@ -362,94 +375,162 @@ async def get_entity_core(
     return EntityCore(**values)
 
 
+# The statements of complete_views() are built once, with bound parameters: building a Core
+# statement and its cache key costs more CPU than executing it, on every context request.
+_NAMES: Final = select(ecs_entities.c.id, ecs_entities.c.name).where(
+    ecs_entities.c.chronicle_id == bindparam("chronicle_id"),
+    ecs_entities.c.id.in_(bindparam("ids", expanding=True)),
+)
+_position_c = ecs_components.alias("pos")
+_holder_c = ecs_components.alias("hold")
+_HOLDER_LINKS: Final = (
+    select(ecs_entities.c.id, ecs_entities.c.kind, _position_c.c.location_id, _holder_c.c.holder_id)
+    .select_from(
+        ecs_entities.outerjoin(
+            _position_c, and_(_position_c.c.entity_id == ecs_entities.c.id, _position_c.c.type == "position")
+        ).outerjoin(_holder_c, and_(_holder_c.c.entity_id == ecs_entities.c.id, _holder_c.c.type == "holder"))
+    )
+    .where(
+        ecs_entities.c.id.in_(bindparam("ids", expanding=True)),
+        ecs_entities.c.chronicle_id == bindparam("chronicle_id"),
+    )
+)
+_INVENTORIES: Final = (
+    select(ecs_components.c.holder_id, ecs_entities.c.id, ecs_entities.c.name)
+    .select_from(ecs_components.join(ecs_entities, ecs_entities.c.id == ecs_components.c.entity_id))
+    .where(
+        ecs_components.c.chronicle_id == bindparam("chronicle_id"),
+        ecs_components.c.type == "holder",
+        ecs_components.c.holder_id.in_(bindparam("ids", expanding=True)),
+    )
+    .order_by(ecs_entities.c.created_sequence, ecs_entities.c.id)
+)
+_from_e = ecs_entities.alias("from_e")
+_to_e = ecs_entities.alias("to_e")
+# Both directions in one statement. The far end must exist (an inner join, as a per-direction
+# query would have it: checked where the rows are read); the near end is the entity itself.
+_RELATIONSHIPS: Final = (
+    select(
+        ecs_relationships.c.from_id,
+        ecs_relationships.c.to_id,
+        _from_e.c.name.label("from_name"),
+        _to_e.c.name.label("to_name"),
+        ecs_relationships.c.types,
+        ecs_relationships.c.valence,
+        ecs_relationships.c.created_sequence,
+        ecs_relationships.c.updated_sequence,
+    )
+    .select_from(
+        ecs_relationships.outerjoin(_from_e, _from_e.c.id == ecs_relationships.c.from_id).outerjoin(
+            _to_e, _to_e.c.id == ecs_relationships.c.to_id
+        )
+    )
+    .where(
+        ecs_relationships.c.chronicle_id == bindparam("chronicle_id"),
+        or_(
+            ecs_relationships.c.from_id.in_(bindparam("ids", expanding=True)),
+            ecs_relationships.c.to_id.in_(bindparam("ids", expanding=True)),
+        ),
+    )
+)
+
+
 async def _names(
     conn: AsyncConnection, chronicle_id: uuid.UUID, ids: Iterable[uuid.UUID]
 ) -> dict[uuid.UUID, str]:
     wanted = sorted(set(ids), key=lambda u: u.int)
     if not wanted:
         return {}
-    rows = await conn.execute(
-        select(ecs_entities.c.id, ecs_entities.c.name).where(
-            ecs_entities.c.chronicle_id == chronicle_id, ecs_entities.c.id.in_(wanted)
-        )
-    )
+    rows = await conn.execute(_NAMES, {"chronicle_id": chronicle_id, "ids": wanted})
     return {row.id: row.name for row in rows}
 
 
-async def _location_id(conn: AsyncConnection, core: EntityCore) -> uuid.UUID | None:
-    """``reducer.location_of`` over the tables: own position, else up the holder chain."""
-    position = _ref_field(core.components, "position", "location")
-    if "position" in core.components:
-        return position
-    current = _ref_field(core.components, "holder", "holder")
-    seen = {core.id}
-    position_c = ecs_components.alias("pos")
-    holder_c = ecs_components.alias("hold")
-    while current is not None and current not in seen and len(seen) <= MAX_HOLDER_CHAIN:
-        seen.add(current)
-        row = (
-            await conn.execute(
-                select(ecs_entities.c.kind, position_c.c.location_id, holder_c.c.holder_id)
-                .select_from(
-                    ecs_entities.outerjoin(
-                        position_c,
-                        and_(position_c.c.entity_id == ecs_entities.c.id, position_c.c.type == "position"),
-                    ).outerjoin(
-                        holder_c, and_(holder_c.c.entity_id == ecs_entities.c.id, holder_c.c.type == "holder")
-                    )
-                )
-                .where(ecs_entities.c.id == current, ecs_entities.c.chronicle_id == core.chronicle_id)
-            )
-        ).first()
-        if row is None:
-            return None
-        if row.kind == "location":
-            return current
-        if row.location_id is not None:
-            return row.location_id  # type: ignore[no-any-return]
-        current = row.holder_id
-    return None
+async def _location_ids(
+    conn: AsyncConnection, chronicle_id: uuid.UUID, cores: Sequence[EntityCore]
+) -> dict[uuid.UUID, uuid.UUID | None]:
+    """``reducer.location_of`` over the tables for each core: own position, else up the holder
+    chain. The chains are walked in lockstep, one statement per link for all of them together
+    (usually one: an item held by someone who has a position), not one per link per entity."""
+    located: dict[uuid.UUID, uuid.UUID | None] = {}
+    # core id -> (the entity to look at next, the entities seen on the way)
+    walks: dict[uuid.UUID, tuple[uuid.UUID | None, set[uuid.UUID]]] = {}
+    for core in cores:
+        if "position" in core.components:
+            located[core.id] = _ref_field(core.components, "position", "location")
+        else:
+            walks[core.id] = (_ref_field(core.components, "holder", "holder"), {core.id})
+    while walks:
+        step: dict[uuid.UUID, uuid.UUID] = {}
+        for core_id, (current, seen) in walks.items():
+            if current is None or current in seen or len(seen) > MAX_HOLDER_CHAIN:
+                located[core_id] = None
+                continue
+            seen.add(current)
+            step[core_id] = current
+        if not step:
+            break
+        wanted = sorted(set(step.values()), key=lambda u: u.int)
+        rows = await conn.execute(_HOLDER_LINKS, {"chronicle_id": chronicle_id, "ids": wanted})
+        links = {row.id: row for row in rows}
+        following: dict[uuid.UUID, tuple[uuid.UUID | None, set[uuid.UUID]]] = {}
+        for core_id, current in step.items():
+            row = links.get(current)
+            if row is None:
+                located[core_id] = None
+            elif row.kind == "location":
+                located[core_id] = current
+            elif row.location_id is not None:
+                located[core_id] = row.location_id
+            else:
+                following[core_id] = (row.holder_id, walks[core_id][1])
+        walks = following
+    return located
 
 
 async def complete_view(conn: AsyncConnection, core: EntityCore) -> EntityView:
     """The full view of an entity from its own data plus what other rows say about it."""
-    location_id = await _location_id(conn, core)
-    holder_id = _ref_field(core.components, "holder", "holder")
+    return (await complete_views(conn, [core]))[0]
 
-    items = await conn.execute(
-        select(ecs_entities.c.id, ecs_entities.c.name)
-        .select_from(ecs_components.join(ecs_entities, ecs_entities.c.id == ecs_components.c.entity_id))
-        .where(
-            ecs_components.c.chronicle_id == core.chronicle_id,
-            ecs_components.c.type == "holder",
-            ecs_components.c.holder_id == core.id,
-        )
-        .order_by(ecs_entities.c.created_sequence, ecs_entities.c.id)
-    )
-    held = [EntityRef(row.id, row.name) for row in items]
 
-    relationships: list[RelationshipView] = []
-    for direction, mine, theirs in (
-        ("outgoing", ecs_relationships.c.from_id, ecs_relationships.c.to_id),
-        ("incoming", ecs_relationships.c.to_id, ecs_relationships.c.from_id),
-    ):
-        rows = await conn.execute(
-            select(
-                ecs_entities.c.id.label("other_id"),
-                ecs_entities.c.name.label("other_name"),
-                ecs_relationships.c.types,
-                ecs_relationships.c.valence,
-                ecs_relationships.c.created_sequence,
-                ecs_relationships.c.updated_sequence,
-            )
-            .select_from(ecs_relationships.join(ecs_entities, ecs_entities.c.id == theirs))
-            .where(ecs_relationships.c.chronicle_id == core.chronicle_id, mine == core.id)
+async def complete_views(conn: AsyncConnection, cores: Sequence[EntityCore]) -> list[EntityView]:
+    """:func:`complete_view` of several entities (in the order given) in a few statements for all
+    of them together - a context request asks about several focus entities at once, and a round
+    trip per query per entity was most of its cost."""
+    views: dict[uuid.UUID, EntityView] = {}
+    by_chronicle: dict[uuid.UUID, list[EntityCore]] = {}
+    for core in cores:
+        by_chronicle.setdefault(core.chronicle_id, []).append(core)
+    for chronicle_id, group in by_chronicle.items():
+        views.update(await _complete_chronicle_views(conn, chronicle_id, group))
+    return [views[core.id] for core in cores]
+
+
+async def _complete_chronicle_views(
+    conn: AsyncConnection, chronicle_id: uuid.UUID, cores: Sequence[EntityCore]
+) -> dict[uuid.UUID, EntityView]:
+    ids = sorted({core.id for core in cores}, key=lambda u: u.int)
+    locations = await _location_ids(conn, chronicle_id, cores)
+
+    items = await conn.execute(_INVENTORIES, {"chronicle_id": chronicle_id, "ids": ids})
+    held: dict[uuid.UUID, list[EntityRef]] = {}
+    for item in items:
+        held.setdefault(item.holder_id, []).append(EntityRef(item.id, item.name))
+
+    rows = await conn.execute(_RELATIONSHIPS, {"chronicle_id": chronicle_id, "ids": ids})
+    relationships: dict[uuid.UUID, list[RelationshipView]] = {}
+    wanted = set(ids)
+    for row in rows:
+        ends: tuple[tuple[Literal["outgoing", "incoming"], uuid.UUID, uuid.UUID, str | None], ...] = (
+            ("outgoing", row.from_id, row.to_id, row.to_name),
+            ("incoming", row.to_id, row.from_id, row.from_name),
         )
-        for row in rows:
-            relationships.append(
+        for direction, mine, theirs, their_name in ends:
+            if mine not in wanted or their_name is None:
+                continue
+            relationships.setdefault(mine, []).append(
                 RelationshipView(
-                    direction=direction,  # type: ignore[arg-type]
-                    other=EntityRef(row.other_id, row.other_name),
+                    direction=direction,
+                    other=EntityRef(theirs, their_name),
                     types=_relation_types(row.types),
                     valence={str(k): float(v) for k, v in row.valence.items()},
                     created_sequence=row.created_sequence,
@@ -457,29 +538,36 @@ async def complete_view(conn: AsyncConnection, core: EntityCore) -> EntityView:
                 )
             )
 
-    names = await _names(conn, core.chronicle_id, [i for i in (location_id, holder_id) if i is not None])
-    return EntityView(
-        id=core.id,
-        chronicle_id=core.chronicle_id,
-        name=core.name,
-        kind=core.kind,
-        aliases=list(core.aliases),
-        archetype=list(core.archetype),
-        components=dict(core.components),
-        status=_status_of(core.components),
-        location=None
-        if location_id is None or location_id not in names
-        else EntityRef(location_id, names[location_id]),
-        holder=None
-        if holder_id is None or holder_id not in names
-        else EntityRef(holder_id, names[holder_id]),
-        inventory=held,
-        relationships=_sorted_relationships(relationships),
-        created_sequence=core.created_sequence,
-        updated_sequence=core.updated_sequence,
-        created_event_id=core.created_event_id,
-        updated_event_id=core.updated_event_id,
+    holders = {core.id: _ref_field(core.components, "holder", "holder") for core in cores}
+    names = await _names(
+        conn, chronicle_id, [i for i in (*locations.values(), *holders.values()) if i is not None]
     )
+    views: dict[uuid.UUID, EntityView] = {}
+    for core in cores:
+        location_id, holder_id = locations[core.id], holders[core.id]
+        views[core.id] = EntityView(
+            id=core.id,
+            chronicle_id=core.chronicle_id,
+            name=core.name,
+            kind=core.kind,
+            aliases=list(core.aliases),
+            archetype=list(core.archetype),
+            components=dict(core.components),
+            status=_status_of(core.components),
+            location=None
+            if location_id is None or location_id not in names
+            else EntityRef(location_id, names[location_id]),
+            holder=None
+            if holder_id is None or holder_id not in names
+            else EntityRef(holder_id, names[holder_id]),
+            inventory=list(held.get(core.id, [])),
+            relationships=_sorted_relationships(relationships.get(core.id, [])),
+            created_sequence=core.created_sequence,
+            updated_sequence=core.updated_sequence,
+            created_event_id=core.created_event_id,
+            updated_event_id=core.updated_event_id,
+        )
+    return views
 
 
 async def get_entity_view(

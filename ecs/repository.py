@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -353,10 +353,16 @@ async def claim_checkpoint(
     return None if row is None else Checkpoint(**row._mapping)
 
 
+# Built once, with a bound parameter: every context request reads a checkpoint.
+_READ_CHECKPOINT = select(*_CHECKPOINT_COLUMNS).where(
+    ecs_checkpoints.c.chronicle_id == bindparam("chronicle_id")
+)
+
+
 async def read_checkpoint(conn: AsyncConnection, chronicle_id: uuid.UUID) -> Checkpoint | None:
-    row = (
-        await conn.execute(select(*_CHECKPOINT_COLUMNS).where(ecs_checkpoints.c.chronicle_id == chronicle_id))
-    ).first()
+    """The chronicle's checkpoint, without its snapshot (megabytes for a long chronicle; only a
+    restoring projector needs it: `read_snapshot`)."""
+    row = (await conn.execute(_READ_CHECKPOINT, {"chronicle_id": chronicle_id})).first()
     return None if row is None else Checkpoint(**row._mapping)
 
 

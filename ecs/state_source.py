@@ -8,21 +8,22 @@ from the authoritative log when ECS storage is unavailable.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ecs.cache import EntityCache
 from ecs.components import Holder, Position, Status
 from ecs.projector import replay_stored, to_chronicle_event
-from ecs.queries import complete_view, get_entity_core
+from ecs.queries import complete_views, get_entity_core
 from ecs.reducer import Entity, Provenance, WorldState, apply_event, location_of
-from ecs.repository import read_checkpoint
+from ecs.repository import Checkpoint, read_checkpoint
 from ecs.schema import ecs_components, ecs_entities
 from rag.context import EntityState, Fact, RelationFact
 from rag.events import normalize_name
@@ -33,6 +34,10 @@ from rag.store import events_at, events_up_to
 __all__ = ["ChronicleReplayStateSource", "EcsStateSource", "KnownNamesCache", "state_from_world"]
 
 _HOT = ("position", "holder", "status")
+# Built once, with bound parameters: building a statement costs more CPU than running this one.
+_PROVENANCE = select(
+    ecs_components.c.entity_id, ecs_components.c.type, ecs_components.c.sequence, ecs_components.c.event_id
+).where(ecs_components.c.entity_id.in_(bindparam("ids", expanding=True)))
 KNOWN_ENTITY_LIMIT = 5_000
 
 
@@ -132,15 +137,36 @@ class EcsStateSource:
         chronicle_id: uuid.UUID,
         *,
         cache: EntityCache | None = None,
+        names: KnownNamesCache | None = None,
     ) -> None:
         self.chronicle_engine = chronicle_engine
         self.ecs_engine = ecs_engine
         self.tenant_id = tenant_id
         self.chronicle_id = chronicle_id
         self.cache = cache
-        self._position: int | None = None
+        self.names = names
+        self._checkpoint: Checkpoint | None = None
+        self._checkpoint_read = False
 
-    async def known_entities(self) -> list[KnownEntity]:
+    async def checkpoint(self) -> Checkpoint | None:
+        """The chronicle's checkpoint (without its snapshot), read once per source: the staleness
+        check, the known names and the position of one request all look at the same one."""
+        if not self._checkpoint_read:
+            async with self.ecs_engine.connect() as conn:
+                self._checkpoint = await read_checkpoint(conn, self.chronicle_id)
+            self._checkpoint_read = True
+        return self._checkpoint
+
+    async def known_entities(self) -> tuple[KnownEntity, ...]:
+        # The names change only when the projector (or a rebuild) saves the checkpoint, which moves
+        # its sequence or its time: keyed by both, the list is read and built once per change
+        # instead of once per request (thousands of names in a long chronicle).
+        checkpoint = await self.checkpoint()
+        version = None if checkpoint is None else (checkpoint.last_sequence, checkpoint.updated_at)
+        if self.names is not None and version is not None:
+            cached = self.names.get(self.chronicle_id, version)
+            if cached is not None:
+                return cached
         async with self.ecs_engine.connect() as conn:
             rows = await conn.execute(
                 select(ecs_entities.c.id, ecs_entities.c.name, ecs_entities.c.aliases, ecs_entities.c.kind)
@@ -151,20 +177,20 @@ class EcsStateSource:
                 .order_by(ecs_entities.c.created_sequence, ecs_entities.c.id)
                 .limit(KNOWN_ENTITY_LIMIT)
             )
-            return [
+            known = tuple(
                 KnownEntity(id=str(r.id), name=r.name, aliases=list(r.aliases), kind=r.kind) for r in rows
-            ]
+            )
+        if self.names is not None and version is not None:
+            self.names.put(self.chronicle_id, version, known)
+        return known
 
-    def remember_position(self, position: int) -> None:
-        """The checkpoint as the caller just read it, so that `position` need not read it again."""
-        self._position = position
+    def forget_checkpoint(self) -> None:
+        """Read the checkpoint again on next use: a catch-up has just moved it."""
+        self._checkpoint_read = False
 
     async def position(self) -> int | None:
-        if self._position is None:
-            async with self.ecs_engine.connect() as conn:
-                checkpoint = await read_checkpoint(conn, self.chronicle_id)
-            self._position = checkpoint.last_sequence if checkpoint is not None else 0
-        return self._position
+        checkpoint = await self.checkpoint()
+        return checkpoint.last_sequence if checkpoint is not None else 0
 
     async def entity_states(self, entity_ids: Sequence[str], as_of_sequence: int | None) -> list[EntityState]:
         if not entity_ids:
@@ -172,33 +198,28 @@ class EcsStateSource:
         position = await self.position()
         if as_of_sequence is not None and as_of_sequence < (position or 0):
             return await self.replayed(entity_ids, as_of_sequence)
-        states = []
+        wanted = [uuid.UUID(raw_id) for raw_id in entity_ids]
         async with self.ecs_engine.connect() as conn:
-            for raw_id in entity_ids:
-                entity_id = uuid.UUID(raw_id)
-                core = await self.cache.get(self.tenant_id, entity_id) if self.cache is not None else None
-                if core is None:
-                    core = await get_entity_core(conn, self.tenant_id, entity_id)
-                if core is None:
-                    continue
-                view = await complete_view(conn, core)
-                related = [entity_id, *(i.id for i in view.inventory)]
+            if self.cache is not None:
+                found = await asyncio.gather(*(self.cache.get(self.tenant_id, i) for i in wanted))
+            else:
+                found = [await get_entity_core(conn, self.tenant_id, i) for i in wanted]
+            cores = [core for core in found if core is not None]
+            views = await complete_views(conn, cores)
+            related: list[uuid.UUID] = []
+            for view in views:
+                related += [view.id, *(i.id for i in view.inventory)]
                 if view.location is not None:
                     related.append(view.location.id)
                 if view.holder is not None:
                     related.append(view.holder.id)
-                provenance = await self._provenance(conn, related)
-                states.append(self._from_view(view, provenance))
-        return states
+            provenance = await self._provenance(conn, sorted(set(related), key=lambda u: u.int))
+        return [self._from_view(view, provenance) for view in views]
 
     async def _provenance(
         self, conn: Any, entity_ids: list[uuid.UUID]
     ) -> dict[tuple[uuid.UUID, str], Provenance]:
-        rows = await conn.execute(
-            select(ecs_components.c.entity_id, ecs_components.c.type, ecs_components.c.sequence,
-                   ecs_components.c.event_id)
-            .where(ecs_components.c.entity_id.in_(entity_ids))
-        )  # fmt: skip
+        rows = await conn.execute(_PROVENANCE, {"ids": entity_ids})
         return {(r.entity_id, r.type): Provenance(r.sequence, str(r.event_id)) for r in rows}
 
     @staticmethod
@@ -255,19 +276,20 @@ class KnownNamesCache:
     def __init__(self, ttl_seconds: float = 60.0, max_chronicles: int = 1_000) -> None:
         self._ttl = ttl_seconds
         self._max = max_chronicles
-        # Keyed by the chronicle's last sequence too: a new event may bring a new name.
-        self._entries: dict[uuid.UUID, tuple[float, int | None, list[KnownEntity]]] = {}
+        # Keyed by a version of the chronicle too (its last sequence, or the ECS checkpoint): a new
+        # event may bring a new name.
+        self._entries: dict[uuid.UUID, tuple[float, Hashable, tuple[KnownEntity, ...]]] = {}
 
-    def get(self, chronicle_id: uuid.UUID, sequence: int | None) -> list[KnownEntity] | None:
+    def get(self, chronicle_id: uuid.UUID, version: Hashable) -> tuple[KnownEntity, ...] | None:
         entry = self._entries.get(chronicle_id)
-        if entry is None or entry[0] < time.monotonic() or entry[1] != sequence:
+        if entry is None or entry[0] < time.monotonic() or entry[1] != version:
             return None
         return entry[2]
 
-    def put(self, chronicle_id: uuid.UUID, sequence: int | None, known: list[KnownEntity]) -> None:
+    def put(self, chronicle_id: uuid.UUID, version: Hashable, known: tuple[KnownEntity, ...]) -> None:
         if len(self._entries) >= self._max:
             self._entries.clear()
-        self._entries[chronicle_id] = (time.monotonic() + self._ttl, sequence, known)
+        self._entries[chronicle_id] = (time.monotonic() + self._ttl, version, known)
 
 
 class ChronicleReplayStateSource:
@@ -322,7 +344,7 @@ class ChronicleReplayStateSource:
             apply_event(world, to_chronicle_event(event))
         return world
 
-    async def known_entities(self) -> list[KnownEntity]:
+    async def known_entities(self) -> tuple[KnownEntity, ...]:
         """Names seen as actors, locations and effect targets in the recent chronicle."""
         if self.known_cache is not None:
             cached = self.known_cache.get(self.chronicle_id, self.chronicle_sequence)
@@ -333,7 +355,7 @@ class ChronicleReplayStateSource:
             self.known_cache.put(self.chronicle_id, self.chronicle_sequence, known)
         return known
 
-    async def _scan_known(self) -> list[KnownEntity]:
+    async def _scan_known(self) -> tuple[KnownEntity, ...]:
         names: dict[str, KnownEntity] = {}
         aliases: dict[str, set[str]] = {}
         async with self.engine.connect() as conn:
@@ -368,7 +390,7 @@ class ChronicleReplayStateSource:
             known.append(
                 KnownEntity(id=key, name=entity.name, aliases=sorted(aliases.get(key, ())), kind=entity.kind)
             )
-        return known
+        return tuple(known)
 
     async def entity_states(self, entity_ids: Sequence[str], as_of_sequence: int | None) -> list[EntityState]:
         """`entity_ids` are normalized names (from `known_entities`)."""

@@ -14,11 +14,12 @@ text and prompt caches keep hitting.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,7 +27,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from rag.events import normalize_name
 from rag.presets import RetrievalPreset
 from rag.query_analysis import KnownEntity, analyse_query
-from rag.retrieval import RetrievalQuery, RetrievedEvent, retrieve, sources_for_mode
+from rag.retrieval import (
+    SOURCE_ORDER,
+    RetrievalQuery,
+    RetrievalResult,
+    RetrievedEvent,
+    Searched,
+    Source,
+    retrieve,
+    search_source,
+    sources_for_mode,
+)
 from rag.store import StoredEvent, events_up_to, recent_events
 from rag.templates import TemplateRegistry
 from rag.tokens import TokenCounter
@@ -41,9 +52,12 @@ __all__ = [
     "RelationFact",
     "StateSource",
     "assemble_context",
+    "needs_query_vector",
 ]
 
 Mode = Literal["full", "chronicle_only"]
+A = TypeVar("A")
+B = TypeVar("B")
 RECENT_EVENTS = 5
 
 
@@ -87,7 +101,11 @@ class StateSource(Protocol):
     label: str
     """"ecs" or "chronicle replay"; rendered so the LLM knows how much to trust it."""
 
-    async def known_entities(self) -> list[KnownEntity]: ...
+    async def known_entities(self) -> Sequence[KnownEntity]:
+        """The entities a query may mention. Sources that keep them between requests return the
+        same tuple each time, which lets query analysis reuse its name index without comparing
+        every name (see ``rag.query_analysis``)."""
+        ...
 
     async def entity_states(
         self, entity_ids: Sequence[str], as_of_sequence: int | None
@@ -166,6 +184,11 @@ class Bundle(msgspec.Struct, frozen=True, kw_only=True):
 EmbedQuery = Callable[[list[str]], Awaitable[list[list[float]]]]
 
 
+def needs_query_vector(request: ContextRequest) -> bool:
+    """Whether assembling this request embeds its query (callers may start that early)."""
+    return "vector" in sources_for_mode(request.retrieval_mode) and bool(request.query.strip())
+
+
 async def assemble_context(
     engine: AsyncEngine,
     request: ContextRequest,
@@ -177,12 +200,19 @@ async def assemble_context(
     embed: EmbedQuery,
     counter: TokenCounter,
     templates: TemplateRegistry,
+    spare_connection: bool = False,
 ) -> Bundle:
+    """The context bundle for ``request``.
+
+    ``spare_connection``: the caller has cores and connections to spare (it is not busy with
+    other requests), so the vector search may run on a connection of its own, concurrently with
+    the other searches: lower latency for one more connection.
+    """
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
     t = time.perf_counter()
-    known = await state_source.known_entities() if state_source is not None else []
+    known = await state_source.known_entities() if state_source is not None else ()
     analysis = analyse_query(request.query, known, request.focus)
     timings["analyse"] = _ms(t)
 
@@ -192,48 +222,102 @@ async def assemble_context(
         {normalize_name(n) for i in focus_ids if i in by_id for n in (by_id[i].name, *by_id[i].aliases)}
     )
 
-    t = time.perf_counter()
     sources = sources_for_mode(request.retrieval_mode)
-    vector = None
-    if "vector" in sources and request.query.strip():
-        vector = (await embed([request.query]))[0]
-    timings["embed"] = _ms(t)
+    pov_keys = _pov_keys(request.pov, known)
+    upto = request.as_of_sequence if request.as_of_sequence is not None else chronicle_sequence
 
-    t = time.perf_counter()
-    pov_state: EntityState | None = None
-    states: list[EntityState] = []
-    if state_source is not None and request.include_state:
+    async def read_state() -> tuple[list[EntityState], EntityState | None, float]:
+        t = time.perf_counter()
+        if state_source is None or not request.include_state:
+            return [], None, _ms(t)
         wanted = list(focus_ids)
         pov_id = _resolve(request.pov, known) if request.pov else None
         if pov_id is not None and pov_id not in wanted:
             wanted.append(pov_id)
         fetched = {s.id: s for s in await state_source.entity_states(wanted, request.as_of_sequence)}
-        states = [fetched[i] for i in focus_ids if i in fetched]
-        pov_state = fetched.get(pov_id) if pov_id else None
-    timings["state"] = _ms(t)
-
-    t = time.perf_counter()
-    pov_keys = _pov_keys(request.pov, known)
-    async with engine.begin() as conn:
-        result = await retrieve(
-            conn,
-            RetrievalQuery(
-                tenant_id=request.tenant_id,
-                chronicle_id=request.chronicle_id,
-                text=request.query,
-                query_vector=vector,
-                entity_keys=focus_keys,
-                as_of_sequence=request.as_of_sequence,
-                sources=sources,
-            ),
-            request.preset if not pov_keys else _widened(request.preset),
+        return (
+            [fetched[i] for i in focus_ids if i in fetched],
+            fetched.get(pov_id) if pov_id else None,
+            _ms(t),
         )
-        upto = request.as_of_sequence if request.as_of_sequence is not None else chronicle_sequence
-        recent_rows = await recent_events(conn, request.tenant_id, request.chronicle_id, upto, RECENT_EVENTS)
-        witnessed: set[int] | None = None
-        if pov_keys:
-            witnessed = await _knowable_sequences(conn, request, pov_keys, upto)
-    timings["retrieve"] = _ms(t)
+
+    async def embedding() -> tuple[list[float], float]:
+        t = time.perf_counter()
+        vector = (await embed([request.query]))[0]
+        return vector, _ms(t)
+
+    async def search() -> tuple[RetrievalResult | None, list[StoredEvent], set[int] | None, float, float]:
+        t = time.perf_counter()
+        query = RetrievalQuery(
+            tenant_id=request.tenant_id,
+            chronicle_id=request.chronicle_id,
+            text=request.query,
+            entity_keys=focus_keys,
+            as_of_sequence=request.as_of_sequence,
+            sources=sources,
+        )
+        preset = request.preset if not pov_keys else _widened(request.preset)
+        # The question is embedded on the embedding thread while the reads that need no vector
+        # (words, entities, the latest events) run in PostgreSQL: model and database work at once.
+        pending = asyncio.ensure_future(embedding()) if needs_query_vector(request) else None
+        embed_ms = 0.0
+
+        async def with_vector() -> RetrievalQuery:
+            nonlocal embed_ms
+            if pending is None:
+                return query
+            vector, embed_ms = await pending
+            return msgspec.structs.replace(query, query_vector=vector)
+
+        async def vector_apart() -> Searched:
+            vector_query = await with_vector()
+            async with engine.begin() as own:
+                return await search_source(own, vector_query, preset, "vector")
+
+        try:
+            async with engine.begin() as conn:
+
+                async def without_vector() -> tuple[
+                    dict[Source, Searched], list[StoredEvent], set[int] | None
+                ]:
+                    searched: dict[Source, Searched] = {
+                        source: await search_source(conn, query, preset, source)
+                        for source in SOURCE_ORDER
+                        if source in sources and source != "vector"
+                    }
+                    recent = await recent_events(
+                        conn, request.tenant_id, request.chronicle_id, upto, RECENT_EVENTS
+                    )
+                    known_to_pov = (
+                        await _knowable_sequences(conn, request, pov_keys, upto) if pov_keys else None
+                    )
+                    return searched, recent, known_to_pov
+
+                if spare_connection and pending is not None:
+                    # Idle cores: the vector search gets a connection of its own and runs as soon as
+                    # the vector is there, alongside the word and entity searches.
+                    (searched, recent_rows, witnessed), vector_hits = await _together(
+                        without_vector(), vector_apart()
+                    )
+                    searched["vector"] = vector_hits
+                else:
+                    searched, recent_rows, witnessed = await without_vector()
+                result = await retrieve(conn, await with_vector(), preset, searched=searched)
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()  # the search failed or was cancelled; a memoized embedding goes on
+        return result, recent_rows, witnessed, embed_ms, _ms(t)
+
+    # Current state and the search of the chronicle do not depend on each other: they run at the
+    # same time, each on its own connection (ECS, or a replay; the chronicle), and the question is
+    # embedded on the embedding thread meanwhile. One request then waits for the longer of the two,
+    # not for their sum.
+    (states, pov_state, state_ms), (result, recent_rows, witnessed, embed_ms, retrieve_ms) = await _together(
+        read_state(), search()
+    )
+    timings["embed"] = embed_ms
+    timings["state"] = state_ms
+    timings["retrieve"] = retrieve_ms
     retrieved = [] if result is None else list(result.events)
 
     t = time.perf_counter()
@@ -264,26 +348,44 @@ async def assemble_context(
     # Keep history by score; render it in chronological order.
     by_score = sorted(history, key=lambda h: (-(h.score or 0.0), h.sequence))
 
+    # The budget search renders and counts the same cut more than once (the check, the search's
+    # last probe, the final text, the manifest's count); each is done once per distinct cut/text.
+    rendered: dict[tuple[int, int], str] = {}
+    counted: dict[str, int] = {}
+
     def render(n_history: int, n_recent: int) -> str:
-        chosen = sorted(by_score[:n_history], key=lambda h: h.sequence)
-        kept_recent = recent[len(recent) - n_recent :] if n_recent else []
-        return templates.render(
-            request.template,
-            {**render_base, "history": [_event_view(h) for h in chosen],
-             "recent": [_event_view(h) for h in kept_recent]},
-        )  # fmt: skip
+        text = rendered.get((n_history, n_recent))
+        if text is None:
+            chosen = sorted(by_score[:n_history], key=lambda h: h.sequence)
+            kept_recent = recent[len(recent) - n_recent :] if n_recent else []
+            text = templates.render(
+                request.template,
+                {**render_base, "history": [_event_view(h) for h in chosen],
+                 "recent": [_event_view(h) for h in kept_recent]},
+            )  # fmt: skip
+            rendered[(n_history, n_recent)] = text
+        return text
+
+    def count(text: str) -> int:
+        tokens = counted.get(text)
+        if tokens is None:
+            tokens = counted[text] = counter.count(text)
+        return tokens
 
     n_history, n_recent = len(by_score), len(recent)
     text = render(n_history, n_recent)
-    if counter.count(text) > request.max_tokens:
-        n_history = _largest_fitting(lambda n: render(n, n_recent), n_history, counter, request.max_tokens)
+    budget = request.max_tokens
+    if count(text) > budget:
+        guess = _items_within(by_score[::-1], count(text) - budget, count(text) / max(len(text), 1))
+        n_history = _largest_fitting(lambda n: render(n, n_recent), n_history, count, budget, guess)
         text = render(n_history, n_recent)
-    if counter.count(text) > request.max_tokens:
-        n_recent = _largest_fitting(lambda n: render(0, n), n_recent, counter, request.max_tokens)
+    if count(text) > budget:
+        guess = _items_within(recent, count(text) - budget, count(text) / max(len(text), 1))
+        n_recent = _largest_fitting(lambda n: render(0, n), n_recent, count, budget, guess)
         text = render(0, n_recent)
     truncated = False
-    if counter.count(text) > request.max_tokens:
-        text = counter.truncate(text, request.max_tokens)
+    if count(text) > budget:
+        text = counter.truncate(text, budget)
         truncated = True
     omitted += [
         Omitted(section="history", id=h.id, sequence=h.sequence, reason="token budget")
@@ -322,27 +424,85 @@ async def assemble_context(
             facets=list(analysis.facets),
             unresolved_focus=list(analysis.unresolved_focus),
         ),
-        token_count=counter.count(text),
+        token_count=count(text),
         max_tokens=request.max_tokens,
         text=text,
         timings_ms=timings,
     )
 
 
+async def _together(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both results, computed concurrently. The first failure is raised as it is (not wrapped in a
+    group: callers tell ECS failures from others by type), after the other step was cancelled."""
+    tasks = asyncio.ensure_future(first), asyncio.ensure_future(second)
+    try:
+        a, b = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return a, b
+
+
 def _ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 3)
 
 
-def _largest_fitting(render: Callable[[int], str], upper: int, counter: TokenCounter, budget: int) -> int:
-    """The largest n in [0, upper] whose rendering fits the budget (0 if none does)."""
-    low, high = 0, upper
-    while low < high:
-        middle = (low + high + 1) // 2
-        if counter.count(render(middle)) <= budget:
+def _largest_fitting(
+    render: Callable[[int], str], upper: int, count: Callable[[str], int], budget: int, guess: int
+) -> int:
+    """The largest n in [0, upper] whose rendering fits the budget (0 if none does).
+
+    A rendering's count grows with n (each item adds lines of its own), so the answer is where
+    "fits" turns into "does not fit". Each probe renders and counts a whole bundle (~3 ms), so the
+    search starts at ``guess`` (an estimate, see `_items_within`) and gallops from there: with a
+    good guess two probes find the edge, where a binary search over [0, upper] took three or four.
+    0 itself is never probed: it is the answer when nothing larger fits.
+    """
+
+    def fits(n: int) -> bool:
+        return count(render(n)) <= budget
+
+    # `low` fits (or is 0); `high` does not fit (or is upper + 1, past the end).
+    low, high = 0, upper + 1
+    if upper < 1:
+        return 0
+    probe, step = min(max(guess, 1), upper), 1
+    if fits(probe):
+        low = probe
+        while low + step < high:
+            if not fits(low + step):
+                high = low + step
+                break
+            low, step = low + step, step * 2
+    else:
+        high = probe
+        while high - step > low:
+            if fits(high - step):
+                low = high - step
+                break
+            high, step = high - step, step * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fits(middle):
             low = middle
         else:
-            high = middle - 1
+            high = middle
     return low
+
+
+def _items_within(drop_order: Sequence[HistoryItem], excess_tokens: int, tokens_per_char: float) -> int:
+    """An estimate of how many items can stay: drop them in ``drop_order`` until their text (their
+    summary and note, plus a line's markup) is worth the excess tokens. Only the search's start."""
+    kept = len(drop_order)
+    remaining = float(excess_tokens)
+    for item in drop_order:
+        if remaining <= 0:
+            break
+        remaining -= tokens_per_char * (len(item.summary) + len(item.superseded_note or "") + 24)
+        kept -= 1
+    return kept
 
 
 def _resolve(ref: str, known: Sequence[KnownEntity]) -> str | None:

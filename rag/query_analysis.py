@@ -344,9 +344,29 @@ _INDEX_CACHE: dict[int, tuple[tuple[tuple[str, str, tuple[str, ...]], ...], dict
 _INDEX_CACHE_SIZE: Final = 64
 
 
+# Indexes by the identity of the tuple of names they were built from. State sources that keep a
+# chronicle's names between requests return the same tuple each time, which is then recognised
+# without even the fingerprint below (a tuple of every name: ~1 ms for a few thousand). Only tuples,
+# which cannot change (their KnownEntity items are frozen, and their alias lists are never changed
+# in place); holding the tuple here also keeps its id from being reused while the entry lives.
+_BY_IDENTITY: dict[int, tuple[tuple[KnownEntity, ...], dict[str, list[_Term]]]] = {}
+
+
 def _terms_for(known: Sequence[KnownEntity]) -> dict[str, list[_Term]]:
     """`_build_terms`, memoized: a chronicle's entities rarely change between two questions, and
     tokenising a thousand names on every request cost more than the rest of the analysis."""
+    held = _BY_IDENTITY.get(id(known))
+    if held is not None and held[0] is known:
+        return held[1]
+    index = _terms_by_fingerprint(known)
+    if isinstance(known, tuple):
+        if len(_BY_IDENTITY) >= _INDEX_CACHE_SIZE:
+            _BY_IDENTITY.pop(next(iter(_BY_IDENTITY)))
+        _BY_IDENTITY[id(known)] = (known, index)
+    return index
+
+
+def _terms_by_fingerprint(known: Sequence[KnownEntity]) -> dict[str, list[_Term]]:
     fingerprint = tuple((k.id, k.name, tuple(k.aliases)) for k in known)
     key = hash(fingerprint)
     cached = _INDEX_CACHE.get(key)

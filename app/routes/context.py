@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -21,7 +22,7 @@ from app.errors import FieldError, ProblemError, not_found
 from app.services import Services
 from ecs.guard import GuardedEcsSource, check_staleness, is_ecs_failure
 from ecs.state_source import ChronicleReplayStateSource, EcsStateSource
-from rag.context import Bundle, ContextRequest, StateSource, assemble_context
+from rag.context import Bundle, ContextRequest, StateSource, assemble_context, needs_query_vector
 from rag.presets import PRESETS, get_preset
 from rag.store import get_chronicle
 from rag.templates import UnknownTemplate
@@ -85,7 +86,12 @@ async def build_bundle(
         retrieval_mode=data.retrieval,
         include_state=data.include_state,
     )
-    embed = _memoized(services.embed)
+    embed = _QueryEmbeddings(services.embed_query)
+    if needs_query_vector(request):
+        # Embedding the question takes a few milliseconds on its own thread: it starts now and
+        # is done by the time the search needs it, instead of after the staleness check, the
+        # names and the query analysis.
+        embed.start([request.query])
 
     async def assemble(
         state_source: StateSource, bundle_mode: Literal["full", "chronicle_only"], why: str | None
@@ -94,6 +100,8 @@ async def build_bundle(
             services.engine, request, chronicle_sequence=chronicle.last_sequence, state_source=state_source,
             mode=bundle_mode, degraded_reason=why, embed=embed, counter=services.token_counter,
             templates=services.templates,
+            # A second search connection buys latency with CPU: only when this is the one request.
+            spare_connection=services.contexts_in_flight <= 1,
         )  # fmt: skip
 
     async def degraded(reason: str) -> Bundle:
@@ -113,12 +121,11 @@ async def build_bundle(
             return await degraded("ECS enrichment is switched off")
         if services.breaker.state == "open":
             return await degraded(f"ECS circuit open ({services.breaker.last_error or 'failures'})")
-        guarded = GuardedEcsSource(
-            EcsStateSource(services.engine, services.ecs_engine, tenant_id, chronicle_id,
-                           cache=getattr(services, "cache", None)),
-            services.breaker,
-            services.settings.ecs_timeout_ms / 1000,
+        source = EcsStateSource(
+            services.engine, services.ecs_engine, tenant_id, chronicle_id,
+            cache=getattr(services, "cache", None), names=getattr(services, "ecs_names", None),
         )  # fmt: skip
+        guarded = GuardedEcsSource(source, services.breaker, services.settings.ecs_timeout_ms / 1000)
         warning = None
         try:
             staleness = await check_staleness(
@@ -144,19 +151,33 @@ async def build_bundle(
         return bundle
 
 
-def _memoized(
-    embed: Callable[[list[str]], Awaitable[list[list[float]]]],
-) -> Callable[[list[str]], Awaitable[list[list[float]]]]:
-    """A fallback after a failed ECS attempt must not embed the query a second time."""
-    seen: dict[tuple[str, ...], list[list[float]]] = {}
+class _QueryEmbeddings:
+    """The embeddings of one request's texts, each computed once.
 
-    async def cached(texts: list[str]) -> list[list[float]]:
+    A fallback after a failed ECS attempt must not embed the query a second time, and the query
+    is embedded ahead (`start`) while the request does its other reads. Each embedding is a task,
+    shielded from its callers: the full attempt may be cancelled half-way (its state read failed
+    while the question was being embedded), and the fallback then waits for that same embedding.
+    """
+
+    def __init__(self, embed: Callable[[list[str]], Awaitable[list[list[float]]]]) -> None:
+        self._embed = embed
+        self._tasks: dict[tuple[str, ...], asyncio.Future[list[list[float]]]] = {}
+
+    def start(self, texts: list[str]) -> None:
+        self._task(texts)
+
+    def __call__(self, texts: list[str]) -> Awaitable[list[list[float]]]:
+        return asyncio.shield(self._task(texts))
+
+    def _task(self, texts: list[str]) -> asyncio.Future[list[list[float]]]:
         key = tuple(texts)
-        if key not in seen:
-            seen[key] = await embed(texts)
-        return seen[key]
-
-    return cached
+        task = self._tasks.get(key)
+        if task is None:
+            task = self._tasks[key] = asyncio.ensure_future(self._embed(list(texts)))
+            # Marked as seen even if no caller is left to await it (the request was abandoned).
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return task
 
 
 def _replay(
@@ -209,7 +230,11 @@ class ContextController(Controller):
         services: ServicesDep,
         tenant_id: TenantId,
     ) -> Response[bytes]:
-        bundle = await build_bundle(services, tenant_id, chronicle_id, data)
+        services.contexts_in_flight += 1
+        try:
+            bundle = await build_bundle(services, tenant_id, chronicle_id, data)
+        finally:
+            services.contexts_in_flight -= 1
         if data.format == "text":
             return Response(bundle.text.encode(), media_type="text/plain; charset=utf-8")
         if data.format == "json":

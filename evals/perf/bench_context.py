@@ -12,7 +12,8 @@ service's own projector builds ECS state, then:
 2. eight concurrent clients: throughput (goal >= 80 requests/s) and latency;
 3. modes in the same run: full, chronicle-only (requested), and breaker-open equivalent (ECS
    enrichment switched off through the admin flag) — goal: chronicle-only p95 <= full p95;
-4. server-side stage timings (medians of `timings_ms`).
+4. server-side stage timings (medians of `timings_ms`);
+5. the machine's 1-minute load average before and after each run (it is shared with other work).
 
 Results go to evals/perf/results/context.json.
 """
@@ -151,10 +152,14 @@ async def run_requests(
             for stage, value in bundle["timings_ms"].items():
                 stages.setdefault(stage, []).append(value)
 
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - started
     return {
+        # The machine is shared: the 1-minute load average (this run's own processes included)
+        # says how much else was competing for its two cores while this was measured.
+        "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "concurrency": concurrency,
         "requests": count,
         "errors": errors,
@@ -242,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {
         "benchmark": "context",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
         "parameters": {"sizes": args.sizes, "requests": args.requests,
                        "stored_vectors": "random unit vectors; query embedded by the local model"},
         "results": results,

@@ -11,6 +11,11 @@ from app.cli import load_sample_story
 from ecs.projector import Projector
 from ecs.reducer import apply_event
 from ecs.repository import read_checkpoint
+from ecs.state_source import EcsStateSource
+from rag.context import ContextRequest, assemble_context
+from rag.presets import get_preset
+from rag.templates import TemplateRegistry
+from rag.tokens import get_counter
 from tests.conftest import Tenant
 
 
@@ -245,3 +250,31 @@ async def test_a_failing_projection_is_not_retried_by_requests_and_they_fall_bac
         attempts.append((checkpoint.last_sequence, checkpoint.attempts))
     assert attempts == [(1, 1)] * 3  # the first request tried once; the others left it to the backoff
     assert "failing" in bundle["degraded_reason"]
+
+
+@pytest.mark.parametrize(
+    "query", ["Where is Bram now?", "What happened to the silver key?", "Who does Oswin trust?"]
+)
+async def test_a_second_search_connection_changes_nothing_but_timings(
+    engine, embedder, tenant, story, query
+) -> None:
+    # A request alone on the service searches vectors on a connection of its own; a busy one
+    # searches everything on one connection. Both must build the same bundle.
+    chronicle = uuid.UUID(story)
+    request = ContextRequest(
+        tenant_id=tenant.id, chronicle_id=chronicle, query=query, preset=get_preset("default")
+    )
+
+    async def embed(texts: list[str]) -> list[list[float]]:
+        return embedder.embed(texts)
+
+    bundles = []
+    for spare in (False, True):
+        bundle = await assemble_context(
+            engine, request, chronicle_sequence=40, state_source=EcsStateSource(engine, engine, tenant.id, chronicle),
+            mode="full", degraded_reason=None, embed=embed, counter=get_counter(), templates=TemplateRegistry(),
+            spare_connection=spare,
+        )  # fmt: skip
+        bundles.append(msgspec.structs.replace(bundle, timings_ms={}))
+    assert bundles[0] == bundles[1]
+    assert bundles[0].history

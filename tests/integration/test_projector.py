@@ -5,19 +5,29 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import msgspec
 import pytest
 from sqlalchemy import func, select
 
 from app.cli import load_sample_story
 from ecs.maintenance import rebuild_chronicle, verify_chronicle
-from ecs.projector import Projector
-from ecs.queries import GraphEdge, GraphFilters, _relation_types, relationship_graph
+from ecs.projector import Projector, replay_stored
+from ecs.queries import (
+    GraphEdge,
+    GraphFilters,
+    _relation_types,
+    complete_views,
+    entity_view_from_state,
+    get_entity_core,
+    relationship_graph,
+)
 from ecs.reducer import apply_event, decode_state
 from ecs.repository import read_checkpoint, read_snapshot, resume_checkpoint
 from ecs.schema import ecs_components, ecs_entities, ecs_outbox, ecs_relationships, ecs_valence_history
+from ecs.state_source import EcsStateSource, KnownNamesCache
 from rag.events import EventIn
 from rag.ingest import ingest_batch
-from rag.store import create_chronicle
+from rag.store import EventFilters, create_chronicle, list_events
 from tests.conftest import make_tenant
 from tests.integration.test_concurrent_ingest import hashed_vectors
 
@@ -98,6 +108,11 @@ async def test_incremental_batches_equal_one_replay_and_outbox_rows_are_written(
         await projector.catch_up(chronicle_id)
     result = await verify_chronicle(engine, engine, chronicle_id)
     assert result is not None and result.ok and result.checkpoint_sequence == 40
+
+    async with engine.connect() as conn:
+        checkpoint = await read_checkpoint(conn, chronicle_id)
+    # checkpoint reads never carry the snapshot (megabytes for long chronicles): read_snapshot does
+    assert checkpoint is not None and not hasattr(checkpoint, "snapshot")
 
     async with engine.connect() as conn:
         outbox = (await conn.execute(
@@ -277,3 +292,52 @@ async def test_a_projector_keeps_a_bounded_number_of_world_states(engine) -> Non
         await projector.catch_up(chronicle_id)
         chronicles.append(chronicle_id)
     assert list(projector._states) == chronicles[1:]  # the least recently projected went first
+
+
+async def test_known_names_are_kept_per_checkpoint_and_renewed_when_it_moves(engine) -> None:
+    tenant_id, chronicle_id = await new_chronicle(engine)
+    projector = Projector(engine, engine)
+    names = KnownNamesCache()
+
+    async def known() -> tuple:
+        return await EcsStateSource(engine, engine, tenant_id, chronicle_id, names=names).known_entities()
+
+    await ingest(engine, tenant_id, chronicle_id, [EventIn(summary="Ada waits.", actors=["Ada"])])
+    await projector.catch_up(chronicle_id)
+    first = await known()
+    assert [k.name for k in first] == ["Ada"]
+    assert await known() is first  # same checkpoint: kept, not read again
+    await ingest(engine, tenant_id, chronicle_id, [EventIn(summary="Bo arrives.", actors=["Bo"])])
+    assert await known() is first  # not projected yet, so ECS has not changed either
+    await projector.catch_up(chronicle_id)
+    second = await known()
+    assert [k.name for k in second] == ["Ada", "Bo"]
+    # A rebuild swaps in new rows at the same sequence; the checkpoint's time says they are new.
+    assert await rebuild_chronicle(engine, engine, chronicle_id) is not None
+    third = await known()
+    assert third is not second and third == second
+
+
+async def test_views_read_together_follow_holder_chains_of_any_length(engine) -> None:
+    tenant_id, chronicle_id = await new_chronicle(engine)
+    story = [
+        {"summary": "Ada walks into the hall.", "actors": ["Ada"], "location": "Hall",
+         "effects": [{"op": "move", "entity": "Ada", "to": "Hall"}]},
+        {"summary": "Ada takes the chest.", "actors": ["Ada"],
+         "effects": [{"op": "transfer", "item": "Chest", "to": "Ada"}]},
+        {"summary": "The pouch goes into the chest.", "effects": [{"op": "transfer", "item": "Pouch", "to": "Chest"}]},
+        {"summary": "The coin goes into the pouch.", "effects": [{"op": "transfer", "item": "Coin", "to": "Pouch"}]},
+        {"summary": "Ada walks to the yard.", "actors": ["Ada"], "location": "Yard",
+         "effects": [{"op": "move", "entity": "Ada", "to": "Yard"}]},
+    ]  # fmt: skip
+    await ingest(engine, tenant_id, chronicle_id, [msgspec.convert(e, EventIn) for e in story])
+    await Projector(engine, engine).catch_up(chronicle_id)
+    async with engine.connect() as conn:
+        events = await list_events(conn, tenant_id, chronicle_id, EventFilters(), after_sequence=0, limit=100)
+        state, _, _ = replay_stored(events, chronicle_id)
+        ids = sorted(state.entities)
+        cores = [await get_entity_core(conn, tenant_id, uuid.UUID(i)) for i in ids]
+        views = await complete_views(conn, cores)
+    assert views == [entity_view_from_state(state, i) for i in ids]
+    located = {v.name: v.location.name if v.location else None for v in views}
+    assert located["Coin"] == located["Pouch"] == located["Chest"] == located["Ada"] == "Yard"

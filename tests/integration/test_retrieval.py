@@ -26,6 +26,7 @@ from rag.retrieval import (
     lexical_search,
     lexical_terms,
     retrieve,
+    search_source,
     sources_for_mode,
     vector_search,
     vector_statement,
@@ -457,3 +458,17 @@ async def test_same_query_twice_gives_identical_results(engine, story, embed) ->
     assert top.reasons[0].startswith("vector#")
     assert any(r.startswith("entity#") for r in top.reasons)
     assert [e.mmr_score for e in first.events] == sorted((e.mmr_score for e in first.events), reverse=True)
+
+
+async def test_sources_searched_beforehand_give_the_same_result(engine, story, embed) -> None:
+    # A context request runs the sources that need no vector while the question is embedded.
+    q = await query_for(story, embed, DEATH_QUESTION, entity_keys=["bram", "the magpie"])
+    preset = get_preset("default")
+    async with engine.connect() as conn:
+        whole = await retrieve(conn, q, preset)
+        without_vector = msgspec.structs.replace(q, query_vector=None)
+        searched = {s: await search_source(conn, without_vector, preset, s) for s in ("lexical", "entity")}
+        split = await retrieve(conn, q, preset, searched=searched)
+    assert whole is not None and split is not None
+    assert msgspec.structs.replace(split, timings_ms={}) == msgspec.structs.replace(whole, timings_ms={})
+    assert split.timings_ms["lexical"] == searched["lexical"].ms

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -35,7 +37,7 @@ CAST = [
 ]
 
 
-def ids(text: str, known: list[KnownEntity] = CAST, focus: tuple[str, ...] = ()) -> list[str]:
+def ids(text: str, known: Sequence[KnownEntity] = CAST, focus: tuple[str, ...] = ()) -> list[str]:
     return analyse_query(text, known, focus).entity_ids
 
 
@@ -184,6 +186,20 @@ def test_result_is_deterministic_and_encodable() -> None:
     assert first == second
     decoded = msgspec.json.decode(first, type=QueryAnalysis)
     assert decoded.entity_ids == ["c-bram", "c-corvin", "c-elara", "c-oswin", "i-ledger"]
+
+
+def test_a_kept_tuple_of_names_gives_the_same_analysis_as_a_fresh_list() -> None:
+    # State sources hand the same tuple to every request while the names are unchanged; the
+    # analysis recognises it by identity and must answer exactly as from a list it has never seen.
+    kept = tuple(CAST)
+    text = "Did Captain Elara give the Silver Key to the Magpie at the Lantern Cellar?"
+    expected = analyse_query(text, list(CAST))
+    assert analyse_query(text, kept) == expected
+    assert analyse_query(text, kept) == expected  # the second time from the index kept for it
+    renamed = tuple(msgspec.structs.replace(k, name="Bramble") if k.id == "c-bram" else k for k in kept)
+    assert ids("Where is Bram?", renamed) == []  # another tuple is another set of names
+    assert ids("Where is Bramble?", renamed) == ["c-bram"]
+    assert ids("Where is Bram?", kept) == ["c-bram"]
 
 
 # --------------------------------------------------------------------------------------------------

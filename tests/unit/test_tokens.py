@@ -211,3 +211,12 @@ def test_property_wordpiece_fast_path_matches_full_encoding(words: list[str]) ->
         if wordpiece.count(text) > n:
             # Largest prefix: adding the rest of the next token would exceed the budget.
             assert wordpiece.count(text[: len(head) + 1]) > n or not text[len(head) :].strip()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.text(max_size=600))
+def test_property_wordpiece_count_equals_the_tokens_of_the_full_encoding(text: str) -> None:
+    # count() encodes without offsets; it must count exactly the tokens truncate() cuts between.
+    wordpiece = get_counter("wordpiece")
+    assert isinstance(wordpiece, WordPieceCounter)
+    assert wordpiece.count(text) == (len(wordpiece._encode(text).ids) if text else 0)

@@ -1,0 +1,112 @@
+"""How a context request runs its independent steps together, and fails or falls back cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.routes.context import _QueryEmbeddings
+from ecs.breaker import SlowCall
+from rag.context import _largest_fitting, _together
+
+
+async def test_both_results_come_back_in_order() -> None:
+    async def late(value: str) -> str:
+        await asyncio.sleep(0.01)
+        return value
+
+    assert await _together(late("state"), asyncio.sleep(0, result="search")) == ("state", "search")
+
+
+async def test_the_first_failure_is_raised_as_it_is_and_the_other_step_is_cancelled() -> None:
+    cancelled = asyncio.Event()
+
+    async def failing_state() -> None:
+        await asyncio.sleep(0.01)
+        raise SlowCall("ECS too slow")  # the route tells ECS failures by their type
+
+    async def long_search() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    with pytest.raises(SlowCall):
+        await asyncio.wait_for(_together(failing_state(), long_search()), 5)
+    assert cancelled.is_set()
+
+
+async def test_a_fallback_reuses_an_embedding_its_cancelled_first_attempt_started() -> None:
+    calls: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def embed(texts: list[str]) -> list[list[float]]:
+        calls.append(texts)
+        await release.wait()
+        return [[1.0, 0.0]]
+
+    memo = _QueryEmbeddings(embed)
+    first = asyncio.ensure_future(memo(["Where is Bram?"]))
+    await asyncio.sleep(0)
+    first.cancel()  # the full attempt gave up (its ECS read failed) while the question was embedded
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    release.set()
+    assert await memo(["Where is Bram?"]) == [[1.0, 0.0]]  # the fallback
+    assert calls == [["Where is Bram?"]]
+
+
+async def test_an_embedding_started_ahead_is_the_one_the_search_gets() -> None:
+    calls: list[list[str]] = []
+
+    async def embed(texts: list[str]) -> list[list[float]]:
+        calls.append(texts)
+        await asyncio.sleep(0.01)
+        return [[0.0, 1.0]]
+
+    memo = _QueryEmbeddings(embed)
+    memo.start(["Who holds the key?"])
+    memo.start(["Who holds the key?"])
+    assert await memo(["Who holds the key?"]) == [[0.0, 1.0]]
+    assert calls == [["Who holds the key?"]]
+
+
+def _binary_search(counts: list[int], budget: int) -> int:
+    """The search the budget fit used before: the reference answer."""
+    low, high = 0, len(counts) - 1
+    while low < high:
+        middle = (low + high + 1) // 2
+        if counts[middle] <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    steps=st.lists(st.integers(1, 80), min_size=0, max_size=40),
+    base=st.integers(0, 500),
+    budget=st.integers(0, 2_000),
+    guess=st.integers(-3, 45),
+)
+def test_the_budget_search_finds_what_a_binary_search_finds_from_any_guess(
+    steps: list[int], base: int, budget: int, guess: int
+) -> None:
+    # A rendering with n items counts base + the first n steps (each item adds tokens).
+    counts = [base + sum(steps[:n]) for n in range(len(steps) + 1)]
+    probed: list[int] = []
+
+    def render(n: int) -> str:
+        probed.append(n)
+        return str(n)
+
+    found = _largest_fitting(render, len(steps), lambda text: counts[int(text)], budget, guess)
+    assert found == _binary_search(counts, budget)
+    assert 0 not in probed  # 0 is the answer when nothing larger fits; it is never rendered
+    if 1 <= guess == found < len(steps):
+        assert len(probed) == 2  # a right guess: itself, and one more that does not fit
