@@ -69,12 +69,19 @@ History kinds (:data:`HISTORY_KINDS`), answered from the events in the bundle:
 Stale facts
 ===========
 
-A query is *stale-eligible* when it has ``stale_values``; the stale-fact rate is over those. It is
-stale when the extracted answer is one of the stale values (and not the gold), or - state kinds
-only - when the best-ranked event involving the subject structurally asserts a stale value (its
-``location`` puts the subject at a stale place, or its actors make a stale holder, as read above;
-words of the summary are not counted as claims) and the bundle does not mark it ``superseded``:
-the bundle ranks first a superseded fact without saying so.
+A query is *stale-eligible* when it has ``stale_values`` (``who_was_at`` never is: its answer is
+the named event's actor list, which cannot be a superseded value). It is stale when the extracted
+answer is one of the stale values (and not the gold), or - state kinds only - when the best-ranked
+event involving the subject structurally asserts a stale value (its ``location`` puts the subject
+at a stale place, or its actors make a stale holder, as read above; words of the summary are not
+counted as claims) and the bundle does not mark it ``superseded``: the bundle ranks first a
+superseded fact without saying so.
+
+The *stale-fact rate* of the report is over the eligible **state** kinds only: a superseded value
+given as how things stand. For the history kinds the stale values are the other past values (an
+older place for ``where_before``, earlier givers and receivers for the give kinds); answering with
+one is a miss of a question about the past, reported apart as the *earlier-answer rate* (see
+``evals.report``).
 
 Retrieval metrics
 =================
@@ -623,8 +630,8 @@ def _matches_stale(kind: str, value: Any, stale: Sequence[Any], gold: Any) -> bo
 def is_stale(
     kind: str, extracted: Extraction, query: Any, bundle: Mapping[str, Any] | None = None
 ) -> bool | None:
-    """``None`` when the query has no stale values; else whether the bundle gave or ranked first,
-    unflagged, a superseded value (see the module docstring)."""
+    """``None`` when the query has no stale values (or is a ``who_was_at``); else whether the bundle
+    gave or ranked first, unflagged, a superseded value (see the module docstring)."""
     stale = list(_get(query, "stale_values") or [])
     if not stale:
         return None
@@ -638,7 +645,7 @@ def is_stale(
             and _matches_stale(kind, extracted.claim, stale, gold)
         )
     if kind == "who_was_at":
-        return False
+        return None  # the answer is the event's actors: no value of it can be superseded
     item = _item_by_external_id(bundle, extracted.event) if bundle is not None else None
     if item is None:
         return False
