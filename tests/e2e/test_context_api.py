@@ -298,3 +298,13 @@ async def test_alias_declarations_are_read_once_then_only_the_new_ones(client, e
     await client.post(f"/api/chronicles/{chronicle}/events", json={"events": [more]}, headers=tenant.headers)
     assert await aliases_at(5) == {"quenilek": ["Old Bird", "the Sparrow"], "mara": ["the Widow"]}
     assert cache.aliases(chronicle_id)[0] == 5
+
+
+async def test_a_recent_event_retrieval_found_keeps_its_score(client, tenant) -> None:
+    chronicle = await _post(client, tenant, "recent", ALIAS_STORY)
+    bundle = await context(client, tenant, chronicle, query="Who picked up the pipe?", focus=["pipe"])
+    assert bundle["history"] == []  # all four events are recent: each is shown once, there
+    by_sequence = {r["sequence"]: r for r in bundle["recent"]}
+    pickup = by_sequence[3]
+    assert pickup["why"][0] == "recent" and any(w.startswith("entity#") for w in pickup["why"]), pickup
+    assert pickup["score"] == max(r["score"] or 0.0 for r in bundle["recent"]) > 0

@@ -107,6 +107,9 @@ def test_ranking_is_by_score_then_recent_newest_first() -> None:
     assert [i["external_id"] for i in metrics.ranked_items(b)] == ["e2", "e1", "e3", "e9", "e8"]
     scored = score_query(q("recall", [], "x", evidence=["e9"]), b)
     assert scored["retrieval"]["mrr"] == pytest.approx(1 / 4)
+    # A recent event that retrieval found too carries its score and ranks by it.
+    b["recent"][0]["score"] = 0.02
+    assert [i["external_id"] for i in metrics.ranked_items(b)] == ["e2", "e8", "e1", "e3", "e9"]
 
 
 # --------------------------------------------------------------------------------------------------
