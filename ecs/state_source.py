@@ -11,18 +11,29 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 import msgspec
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
 from ecs.cache import EntityCache
 from ecs.components import Holder, Position, Status
 from ecs.projector import replay_stored, to_chronicle_event
 from ecs.queries import complete_views, get_entity_core
-from ecs.reducer import Entity, Provenance, WorldState, apply_event, location_of
+from ecs.reducer import (
+    AliasAdded,
+    Entity,
+    EntityCreated,
+    Provenance,
+    WorldState,
+    apply_change,
+    apply_event,
+    entity_id_for,
+    location_of,
+)
 from ecs.repository import Checkpoint, read_checkpoint
 from ecs.schema import ecs_components, ecs_entities
 from rag.context import EntityState, Fact, RelationFact
@@ -31,7 +42,15 @@ from rag.query_analysis import KnownEntity
 from rag.schema import chronicle_events
 from rag.store import events_at, events_up_to
 
-__all__ = ["ChronicleReplayStateSource", "EcsStateSource", "KnownNamesCache", "state_from_world"]
+__all__ = [
+    "ChronicleReplayStateSource",
+    "EcsStateSource",
+    "KnownNamesCache",
+    "alias_groups",
+    "named_in_event",
+    "seeded_world",
+    "state_from_world",
+]
 
 _HOT = ("position", "holder", "status")
 # Built once, with bound parameters: building a statement costs more CPU than running this one.
@@ -271,7 +290,10 @@ class EcsStateSource:
 
 class KnownNamesCache:
     """Names known in each chronicle, kept a few seconds: degraded mode serves many requests from
-    the same chronicle, and scanning its recent events for names on each one would be wasteful."""
+    the same chronicle, and scanning its recent events for names on each one would be wasteful.
+
+    Alias declarations are kept apart and without expiry: they only accumulate, so each scan for
+    them starts after the last sequence already read."""
 
     def __init__(self, ttl_seconds: float = 60.0, max_chronicles: int = 1_000) -> None:
         self._ttl = ttl_seconds
@@ -279,6 +301,16 @@ class KnownNamesCache:
         # Keyed by a version of the chronicle too (its last sequence, or the ECS checkpoint): a new
         # event may bring a new name.
         self._entries: dict[uuid.UUID, tuple[float, Hashable, tuple[KnownEntity, ...]]] = {}
+        self._aliases: dict[uuid.UUID, tuple[int, list[tuple[str, str]]]] = {}
+
+    def aliases(self, chronicle_id: uuid.UUID) -> tuple[int, list[tuple[str, str]]]:
+        """(sequence read through, the ``(entity, alias)`` declarations up to it, in order)."""
+        return self._aliases.get(chronicle_id, (0, []))
+
+    def put_aliases(self, chronicle_id: uuid.UUID, through: int, declarations: list[tuple[str, str]]) -> None:
+        if len(self._aliases) >= self._max and chronicle_id not in self._aliases:
+            self._aliases.clear()
+        self._aliases[chronicle_id] = (through, declarations)
 
     def get(self, chronicle_id: uuid.UUID, version: Hashable) -> tuple[KnownEntity, ...] | None:
         entry = self._entries.get(chronicle_id)
@@ -296,7 +328,20 @@ class ChronicleReplayStateSource:
     """Degraded mode: state of the focus entities replayed from their most recent events.
 
     Entities are identified by their normalized name here (there is no ECS id to use). Replay is
-    bounded: the last `events_per_entity` events that involve each focus entity, then stop.
+    bounded: the last `events_per_entity` events that involve the entity (under its name or an
+    alias), and for a held entity those of its holder too, then stop.
+
+    Names (`known_entities`): the entities named in the last `scan_events` events; every alias
+    declared in the whole chronicle (declarations are few, and a recent event may use an alias
+    declared thousands of events ago); and the `focus` names of the request, looked up in the whole
+    chronicle when the recent events do not name them (a character dead long ago, an item lying
+    forgotten is still asked about).
+
+    Each replay starts from the known alias groups (`seeded_world`): a bounded window rarely holds
+    the event that declared an alias, and without it the events that use the alias would make a
+    second entity, splitting holders, feelings and carried bodies between the two. (The ECS keeps a
+    name used *before* its alias was declared apart; the seeded replay merges it. Degraded mode
+    accepts that.)
     """
 
     label = "chronicle replay"
@@ -311,6 +356,7 @@ class ChronicleReplayStateSource:
         scan_events: int = 5_000,
         known_cache: KnownNamesCache | None = None,
         chronicle_sequence: int | None = None,
+        focus: Sequence[str] = (),
     ) -> None:
         self.engine = chronicle_engine
         self.tenant_id = tenant_id
@@ -319,17 +365,24 @@ class ChronicleReplayStateSource:
         self.scan_events = scan_events
         self.known_cache = known_cache
         self.chronicle_sequence = chronicle_sequence
+        self.focus = list(focus)
+        self._known: tuple[KnownEntity, ...] | None = None
 
     async def position(self) -> int | None:
         return None
 
-    async def _replay_events_of(self, conn: Any, keys: set[str], as_of_sequence: int | None) -> WorldState:
-        """Replay the most recent events that involve any of `keys` (bounded), oldest first."""
-        conditions = [
+    def _in_chronicle(self) -> list[ColumnElement[bool]]:
+        return [
             chronicle_events.c.tenant_id == self.tenant_id,
             chronicle_events.c.chronicle_id == self.chronicle_id,
-            chronicle_events.c.entity_keys.overlap(sorted(keys)),
         ]
+
+    async def _replay_events_of(
+        self, conn: Any, keys: set[str], as_of_sequence: int | None, known: Sequence[KnownEntity]
+    ) -> tuple[WorldState, int]:
+        """Replay the most recent events that involve any of `keys` (bounded), oldest first, from
+        the seeded alias groups; also how many events that was."""
+        conditions = [*self._in_chronicle(), chronicle_events.c.entity_keys.overlap(sorted(keys))]
         if as_of_sequence is not None:
             conditions.append(chronicle_events.c.sequence <= as_of_sequence)
         rows = await conn.execute(
@@ -339,81 +392,186 @@ class ChronicleReplayStateSource:
             .limit(self.events_per_entity)
         )
         events = await events_at(conn, self.tenant_id, self.chronicle_id, [r[0] for r in rows])
-        world = WorldState(chronicle_id=str(self.chronicle_id))
+        world = seeded_world(str(self.chronicle_id), known)
         for event in events:
             apply_event(world, to_chronicle_event(event))
-        return world
+        return world, len(events)
 
     async def known_entities(self) -> tuple[KnownEntity, ...]:
-        """Names seen as actors, locations and effect targets in the recent chronicle."""
-        if self.known_cache is not None:
-            cached = self.known_cache.get(self.chronicle_id, self.chronicle_sequence)
-            if cached is not None:
-                return cached
-        known = await self._scan_known()
-        if self.known_cache is not None:
-            self.known_cache.put(self.chronicle_id, self.chronicle_sequence, known)
-        return known
+        """Names seen as actors, locations and effect targets in the recent chronicle, every alias
+        group of the chronicle, and the request's focus names found anywhere in it."""
+        if self._known is not None:
+            return self._known
+        known = self.known_cache.get(self.chronicle_id, self.chronicle_sequence) if self.known_cache else None
+        if known is None:
+            known = await self._scan_known()
+            if self.known_cache is not None:
+                self.known_cache.put(self.chronicle_id, self.chronicle_sequence, known)
+        self._known = known + tuple(await self._focus_entities(known))
+        return self._known
 
     async def _scan_known(self) -> tuple[KnownEntity, ...]:
         names: dict[str, KnownEntity] = {}
-        aliases: dict[str, set[str]] = {}
         async with self.engine.connect() as conn:
             rows = await conn.execute(
                 select(chronicle_events.c.actors, chronicle_events.c.location, chronicle_events.c.effects)
-                .where(
-                    chronicle_events.c.tenant_id == self.tenant_id,
-                    chronicle_events.c.chronicle_id == self.chronicle_id,
-                )
+                .where(*self._in_chronicle())
                 .order_by(chronicle_events.c.sequence.desc())
                 .limit(self.scan_events)
             )
             for actors, location, effects in rows:
-                for actor in actors:
-                    names.setdefault(normalize_name(actor["name"]), KnownEntity(id="", name=actor["name"]))
-                if location:
-                    names.setdefault(
-                        normalize_name(location), KnownEntity(id="", name=location, kind="location")
-                    )
-                for effect in effects:
-                    if effect.get("op") == "alias":
-                        aliases.setdefault(normalize_name(effect["entity"]), set()).add(effect["alias"])
-                    for field, kind in (("entity", "character"), ("item", "item"), ("to", "character")):
-                        value = effect.get(field)
-                        if isinstance(value, str) and effect.get("op") != "valence":
-                            names.setdefault(normalize_name(value), KnownEntity(id="", name=value, kind=kind))
-        alias_keys = {normalize_name(a) for group in aliases.values() for a in group}
+                for key, entity in named_in_event(actors, location, effects):
+                    names.setdefault(key, entity)
+            groups = alias_groups(await self._alias_declarations(conn))
+        alias_keys = {normalize_name(a) for _, aliases in groups.values() for a in aliases}
+        for key, (name, _) in groups.items():
+            # An entity with aliases may be named lately only by one of them.
+            kind = next(
+                (names[k].kind for k in (key, *map(normalize_name, groups[key][1])) if k in names),
+                "character",
+            )
+            names.setdefault(key, KnownEntity(id=key, name=name, kind=kind))
         known = []
         for key, entity in sorted(names.items()):
-            if key in alias_keys and key not in aliases:
+            if key in alias_keys and key not in groups:
                 continue  # an alias is a name of another entity, not an entity of its own
-            known.append(
-                KnownEntity(id=key, name=entity.name, aliases=sorted(aliases.get(key, ())), kind=entity.kind)
-            )
+            aliases = groups[key][1] if key in groups else []
+            known.append(KnownEntity(id=key, name=entity.name, aliases=sorted(aliases), kind=entity.kind))
         return tuple(known)
+
+    async def _alias_declarations(self, conn: Any) -> list[tuple[str, str]]:
+        """Every ``(entity, alias)`` declared in the chronicle, in order: the cached ones, then those
+        after them. (No index serves this, so the scan reads the chronicle's rows once.)"""
+        cache = self.known_cache if self.chronicle_sequence is not None else None
+        through, declarations = cache.aliases(self.chronicle_id) if cache is not None else (0, [])
+        conditions = [
+            *self._in_chronicle(),
+            chronicle_events.c.sequence > through,
+            chronicle_events.c.effects.contains([{"op": "alias"}]),
+        ]
+        if self.chronicle_sequence is not None:
+            conditions.append(chronicle_events.c.sequence <= self.chronicle_sequence)
+        rows = await conn.execute(
+            select(chronicle_events.c.effects).where(*conditions).order_by(chronicle_events.c.sequence)
+        )
+        declarations = declarations + [
+            (str(e.get("entity", "")), str(e.get("alias", "")))
+            for (effects,) in rows
+            for e in effects
+            if e.get("op") == "alias"
+        ]
+        if cache is not None and self.chronicle_sequence is not None and self.chronicle_sequence > through:
+            cache.put_aliases(self.chronicle_id, self.chronicle_sequence, declarations)
+        return declarations
+
+    async def _focus_entities(self, known: Sequence[KnownEntity]) -> list[KnownEntity]:
+        """Focus names the scan did not see, as the latest event naming them names them (found
+        through the entity-keys index, however old that event is)."""
+        covered = {normalize_name(n) for k in known for n in (k.id, k.name, *k.aliases)}
+        wanted = [key for key in dict.fromkeys(map(normalize_name, self.focus)) if key and key not in covered]
+        if not wanted:
+            return []
+        found = []
+        async with self.engine.connect() as conn:
+            for key in wanted:
+                row = (
+                    await conn.execute(
+                        select(
+                            chronicle_events.c.actors, chronicle_events.c.location, chronicle_events.c.effects
+                        )
+                        .where(*self._in_chronicle(), chronicle_events.c.entity_keys.contains([key]))
+                        .order_by(chronicle_events.c.sequence.desc())
+                        .limit(1)
+                    )
+                ).first()
+                if row is None:
+                    continue
+                entity = dict(named_in_event(*row)).get(key)
+                if entity is not None:
+                    found.append(KnownEntity(id=key, name=entity.name, kind=entity.kind))
+        return found
 
     async def entity_states(self, entity_ids: Sequence[str], as_of_sequence: int | None) -> list[EntityState]:
         """`entity_ids` are normalized names (from `known_entities`)."""
         if not entity_ids:
             return []
-        known = {k.id: k for k in await self.known_entities()}
+        known_list = await self.known_entities()
+        known = {k.id: k for k in known_list}
         states = []
         async with self.engine.connect() as conn:
             for key in entity_ids:
                 entity = known.get(key)
                 keys = {key, *(normalize_name(a) for a in entity.aliases)} if entity else {key}
-                world = await self._replay_events_of(conn, keys, as_of_sequence)
+                world, replayed = await self._replay_events_of(conn, keys, as_of_sequence, known_list)
                 entity_id = next((world.names[k] for k in sorted(keys) if k in world.names), None)
-                if entity_id is None:
-                    continue
+                if entity_id is None or not replayed:
+                    continue  # not in the chronicle (by then): the seed alone does not make it exist
                 holder = world.entities[entity_id].get(Holder)
                 if holder is not None and holder.holder in world.entities:
                     # A held item goes where its holder goes: follow the holder's events too.
                     holder_entity = world.entities[holder.holder]
                     holder_keys = {normalize_name(n) for n in (holder_entity.name, *holder_entity.aliases)}
-                    world = await self._replay_events_of(conn, keys | holder_keys, as_of_sequence)
+                    world, _ = await self._replay_events_of(
+                        conn, keys | holder_keys, as_of_sequence, known_list
+                    )
                     entity_id = next((world.names[k] for k in sorted(keys) if k in world.names), entity_id)
                 state = state_from_world(world, entity_id)
                 if state is not None:
                     states.append(msgspec.structs.replace(state, id=key))
         return states
+
+
+def named_in_event(
+    actors: Sequence[dict[str, Any]], location: str | None, effects: Sequence[dict[str, Any]]
+) -> list[tuple[str, KnownEntity]]:
+    """The names one stored event uses, keyed by normalized name, with the kind their role implies
+    (actor or recipient: character, location, transferred item: item; aliases are not names)."""
+    out = [(normalize_name(a["name"]), KnownEntity(id="", name=a["name"])) for a in actors]
+    if location:
+        out.append((normalize_name(location), KnownEntity(id="", name=location, kind="location")))
+    for effect in effects:
+        if effect.get("op") == "valence":
+            continue
+        for field, kind in (("entity", "character"), ("item", "item"), ("to", "character")):
+            value = effect.get(field)
+            if isinstance(value, str):
+                out.append((normalize_name(value), KnownEntity(id="", name=value, kind=kind)))
+    return out
+
+
+def alias_groups(declarations: Iterable[tuple[str, str]]) -> dict[str, tuple[str, list[str]]]:
+    """Alias declarations ``(entity, alias)`` in chronicle order -> ``{normalized name: (name,
+    aliases)}``, as the reducer would accept them: an alias of an alias belongs to the same
+    entity, and an alias already given to another entity stays with the first (``alias_conflict``)."""
+    owner: dict[str, str] = {}
+    groups: dict[str, tuple[str, list[str]]] = {}
+    for entity, alias in declarations:
+        key, alias_key = normalize_name(entity), normalize_name(alias)
+        if not key or not alias_key:
+            continue
+        key = owner.get(key, key)
+        if alias_key == key or alias_key in owner or alias_key in groups:
+            continue
+        owner[alias_key] = key
+        groups.setdefault(key, (" ".join(entity.split()), []))[1].append(" ".join(alias.split()))
+    return groups
+
+
+def seeded_world(chronicle_id: str, known: Sequence[KnownEntity]) -> WorldState:
+    """An empty world that already knows every entity that has aliases, under all its names."""
+    world = WorldState(chronicle_id=chronicle_id)
+    for entity in known:
+        key = normalize_name(entity.name)
+        if not entity.aliases or not key or key in world.names:
+            continue
+        entity_id = entity_id_for(chronicle_id, 0, key)
+        apply_change(
+            world,
+            EntityCreated(
+                event_id="", sequence=0, entity_id=entity_id, name=entity.name, entity_kind=entity.kind
+            ),
+        )
+        for alias in entity.aliases:
+            if normalize_name(alias) and normalize_name(alias) not in world.names:
+                apply_change(world, AliasAdded(event_id="", sequence=0, entity_id=entity_id, alias=alias))
+    return world

@@ -113,7 +113,7 @@ def _print_headline(report: dict[str, object]) -> None:
     for mode, b in overall.items():
         rows.append((
             mode,
-            _f(b["state"]["accuracy"]), _f(b["all"]["accuracy"]), _f(b["all"]["stale_rate"]),
+            _f(b["state"]["accuracy"]), _f(b["all"]["accuracy"]), _f(b["state"]["stale_rate"]),
             _f(b["all"]["recall@10"]), _f(b["all"]["mrr"]), _f(b["all"]["tokens"]["mean"], 0),
             _f(b["all"]["latency_ms"]["p50"], 0), _f(b["all"]["latency_ms"]["p95"], 0),
         ))  # fmt: skip

@@ -20,8 +20,10 @@ bundle *contains*, not on who reads it:
 * **Careless history reader.** Otherwise (the retrieval baselines, or an entity the state does not
   know) the answer is read from the single best-ranked event that *involves* the subject: an actor
   of the event is the subject or one of its aliases known from the bundle's state, or the summary
-  names it (whole words). The ranking is the bundle's own: ``history`` by score (highest first,
-  ties by sequence), then ``recent`` newest first. What that one event says is taken as the answer:
+  names it (whole words). The ranking is the bundle's own: the events retrieval found by score
+  (highest first, ties by sequence) - the ``history``, and the ``recent`` events that carry a score
+  because retrieval found them too - then the other ``recent`` events newest first. What that one
+  event says is taken as the answer:
 
   - location (``where_now``, ``state_as_of``, ``is_at``, ``what_happened``): the event's ``location``;
   - holder (``who_holds``): ``None`` if the summary says the item was dropped, left, abandoned,
@@ -69,21 +71,28 @@ History kinds (:data:`HISTORY_KINDS`), answered from the events in the bundle:
 Stale facts
 ===========
 
-A query is *stale-eligible* when it has ``stale_values``; the stale-fact rate is over those. It is
-stale when the extracted answer is one of the stale values (and not the gold), or - state kinds
-only - when the best-ranked event involving the subject structurally asserts a stale value (its
-``location`` puts the subject at a stale place, or its actors make a stale holder, as read above;
-words of the summary are not counted as claims) and the bundle does not mark it ``superseded``:
-the bundle ranks first a superseded fact without saying so.
+A query is *stale-eligible* when it has ``stale_values`` (``who_was_at`` never is: its answer is
+the named event's actor list, which cannot be a superseded value). It is stale when the extracted
+answer is one of the stale values (and not the gold), or - state kinds only - when the best-ranked
+event involving the subject structurally asserts a stale value (its ``location`` puts the subject
+at a stale place, or its actors make a stale holder, as read above; words of the summary are not
+counted as claims) and the bundle does not mark it ``superseded``: the bundle ranks first a
+superseded fact without saying so.
+
+The *stale-fact rate* of the report is over the eligible **state** kinds only: a superseded value
+given as how things stand. For the history kinds the stale values are the other past values (an
+older place for ``where_before``, earlier givers and receivers for the give kinds); answering with
+one is a miss of a question about the past, reported apart as the *earlier-answer rate* (see
+``evals.report``).
 
 Retrieval metrics
 =================
 
-Over the external ids of the ranked bundle items (``history`` by score, then ``recent``) against the
-query's ``evidence``: recall@k (share of evidence in the top k), all-evidence@k (1 if all of it is),
-MRR (1 / rank of the first evidence item, 0 if none), nDCG@10 (binary relevance, ideal DCG over
-``min(len(evidence), 10)`` items) and ``in_bundle`` (any evidence anywhere in the bundle). Queries
-without evidence get ``None``.
+Over the external ids of the ranked bundle items (as above: scored events by score, then the other
+``recent`` ones) against the query's ``evidence``: recall@k (share of evidence in the top k),
+all-evidence@k (1 if all of it is), MRR (1 / rank of the first evidence item, 0 if none), nDCG@10
+(binary relevance, ideal DCG over ``min(len(evidence), 10)`` items) and ``in_bundle`` (any evidence
+anywhere in the bundle). Queries without evidence get ``None``.
 """
 
 from __future__ import annotations
@@ -226,15 +235,18 @@ def mentions(item: Mapping[str, Any], names: Sequence[str]) -> bool:
 
 
 def ranked_items(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Bundle events in rank order: ``history`` by score (ties by sequence), then ``recent``
-    newest first (those not already in the history)."""
-    history = sorted(
-        bundle.get("history") or [], key=lambda h: (-(h.get("score") or 0.0), h.get("sequence") or 0)
-    )
+    """Bundle events in rank order: the ones retrieval found by score (highest first, ties by
+    sequence) - every ``history`` item, and the ``recent`` ones that carry a score because retrieval
+    found them too - then the other ``recent`` events newest first (each event once)."""
+    history = list(bundle.get("history") or [])
     seen = {h.get("id") for h in history}
-    recent = [r for r in sorted(bundle.get("recent") or [], key=lambda r: -(r.get("sequence") or 0))
-              if r.get("id") not in seen]  # fmt: skip
-    return [dict(h) for h in history] + [dict(r) for r in recent]
+    recent = [r for r in bundle.get("recent") or [] if r.get("id") not in seen]
+    found = sorted(
+        [*history, *(r for r in recent if r.get("score") is not None)],
+        key=lambda h: (-(h.get("score") or 0.0), h.get("sequence") or 0),
+    )
+    rest = sorted((r for r in recent if r.get("score") is None), key=lambda r: -(r.get("sequence") or 0))
+    return [dict(h) for h in found] + [dict(r) for r in rest]
 
 
 def _first(items: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, Any] | None:
@@ -623,8 +635,8 @@ def _matches_stale(kind: str, value: Any, stale: Sequence[Any], gold: Any) -> bo
 def is_stale(
     kind: str, extracted: Extraction, query: Any, bundle: Mapping[str, Any] | None = None
 ) -> bool | None:
-    """``None`` when the query has no stale values; else whether the bundle gave or ranked first,
-    unflagged, a superseded value (see the module docstring)."""
+    """``None`` when the query has no stale values (or is a ``who_was_at``); else whether the bundle
+    gave or ranked first, unflagged, a superseded value (see the module docstring)."""
     stale = list(_get(query, "stale_values") or [])
     if not stale:
         return None
@@ -638,7 +650,7 @@ def is_stale(
             and _matches_stale(kind, extracted.claim, stale, gold)
         )
     if kind == "who_was_at":
-        return False
+        return None  # the answer is the event's actors: no value of it can be superseded
     item = _item_by_external_id(bundle, extracted.event) if bundle is not None else None
     if item is None:
         return False

@@ -332,7 +332,12 @@ async def assemble_context(
         recent_rows = [e for e in recent_rows if e.sequence in witnessed]
     recent_ids = {e.id for e in recent_rows}
     history = [_history_item(e, states) for e in retrieved if e.event_id not in recent_ids]
-    recent = [_stored_item(e, states) for e in sorted(recent_rows, key=lambda e: e.sequence)]
+    # A recent event that retrieval found too is shown once, among the recent ones, but keeps its
+    # score and reasons: the bundle still says how relevant it is, not only that it is recent.
+    also_found = {e.event_id: e for e in retrieved if e.event_id in recent_ids}
+    recent = [
+        _stored_item(e, states, also_found.get(e.id)) for e in sorted(recent_rows, key=lambda e: e.sequence)
+    ]
     timings["supersede"] = _ms(t)
 
     t = time.perf_counter()
@@ -614,7 +619,9 @@ def _history_item(event: RetrievedEvent, states: Sequence[EntityState]) -> Histo
     )
 
 
-def _stored_item(event: StoredEvent, states: Sequence[EntityState]) -> HistoryItem:
+def _stored_item(
+    event: StoredEvent, states: Sequence[EntityState], found: RetrievedEvent | None = None
+) -> HistoryItem:
     superseded, note = _supersession(event.sequence, event.location, event.actors, event.effects, states)
     return HistoryItem(
         id=str(event.id),
@@ -625,7 +632,8 @@ def _stored_item(event: StoredEvent, states: Sequence[EntityState]) -> HistoryIt
         summary=event.summary,
         location=event.location,
         actors=[a["name"] for a in event.actors],
-        why=["recent"],
+        score=None if found is None else round(found.score, 6),
+        why=["recent"] if found is None else ["recent", *found.reasons],
         superseded=superseded,
         superseded_note=note,
     )

@@ -24,7 +24,7 @@ from ecs.guard import GuardedEcsSource, check_staleness, is_ecs_failure
 from ecs.state_source import ChronicleReplayStateSource, EcsStateSource
 from rag.context import Bundle, ContextRequest, StateSource, assemble_context, needs_query_vector
 from rag.presets import PRESETS, get_preset
-from rag.store import get_chronicle
+from rag.store import ChronicleRow, get_chronicle
 from rag.templates import UnknownTemplate
 
 __all__ = ["ContextController", "ContextIn"]
@@ -106,14 +106,12 @@ async def build_bundle(
 
     async def degraded(reason: str) -> Bundle:
         services.count_fallback(reason)
-        return await assemble(
-            _replay(services, tenant_id, chronicle_id, chronicle.last_sequence), "chronicle_only", reason
-        )
+        return await assemble(_replay(services, tenant_id, chronicle, data), "chronicle_only", reason)
 
     async with translate_database_errors():
         if data.mode == "chronicle_only":
             return await assemble(
-                _replay(services, tenant_id, chronicle_id, chronicle.last_sequence),
+                _replay(services, tenant_id, chronicle, data),
                 "chronicle_only",
                 "requested",
             )
@@ -181,12 +179,14 @@ class _QueryEmbeddings:
 
 
 def _replay(
-    services: Services, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, chronicle_sequence: int
+    services: Services, tenant_id: uuid.UUID, chronicle: ChronicleRow, data: ContextIn
 ) -> ChronicleReplayStateSource:
+    # The names the request gives are looked up in the whole chronicle, not only its recent events.
     return ChronicleReplayStateSource(
-        services.engine, tenant_id, chronicle_id,
+        services.engine, tenant_id, chronicle.id,
         events_per_entity=services.settings.replay_events_per_entity,
-        known_cache=services.replay_names, chronicle_sequence=chronicle_sequence,
+        known_cache=services.replay_names, chronicle_sequence=chronicle.last_sequence,
+        focus=[*data.focus, *([data.pov] if data.pov else [])],
     )  # fmt: skip
 
 

@@ -11,7 +11,7 @@ from app.cli import load_sample_story
 from ecs.projector import Projector
 from ecs.reducer import apply_event
 from ecs.repository import read_checkpoint
-from ecs.state_source import EcsStateSource
+from ecs.state_source import ChronicleReplayStateSource, EcsStateSource, KnownNamesCache
 from rag.context import ContextRequest, assemble_context
 from rag.presets import get_preset
 from rag.templates import TemplateRegistry
@@ -278,3 +278,104 @@ async def test_a_second_search_connection_changes_nothing_but_timings(
         bundles.append(msgspec.structs.replace(bundle, timings_ms={}))
     assert bundles[0] == bundles[1]
     assert bundles[0].history
+
+
+async def _post(client, tenant: Tenant, title: str, events: list[dict]) -> str:
+    chronicle = (await client.post("/api/chronicles", json={"title": title}, headers=tenant.headers)).json()[
+        "id"
+    ]
+    response = await client.post(
+        f"/api/chronicles/{chronicle}/events", json={"events": events}, headers=tenant.headers
+    )
+    assert response.status_code == 200, response.text
+    return chronicle
+
+
+ALIAS_STORY = [
+    {"summary": "Quenilek went to the mill.", "actors": ["Quenilek"], "location": "mill"},
+    {"summary": "From then on Quenilek was known as the Sparrow.", "actors": ["Quenilek"],
+     "effects": [{"op": "alias", "entity": "Quenilek", "alias": "the Sparrow"}]},
+    {"summary": "The Sparrow picked up the pipe at the mill.", "actors": ["the Sparrow"], "location": "mill",
+     "effects": [{"op": "transfer", "item": "pipe", "to": "the Sparrow"}]},
+    {"summary": "The Sparrow walked to the bridge.", "actors": ["the Sparrow"], "location": "bridge",
+     "effects": [{"op": "move", "entity": "the Sparrow", "to": "bridge"}]},
+]  # fmt: skip
+
+
+async def test_degraded_holder_named_by_an_alias_is_the_entity_not_a_second_one(
+    client, engine, tenant
+) -> None:
+    """The pipe's own events never include the alias declaration, so a replay of them alone made
+    "the Sparrow" an entity of its own; the replay now starts from the chronicle's alias groups."""
+    chronicle = await _post(client, tenant, "alias", ALIAS_STORY)
+    await Projector(engine, engine).catch_up(uuid.UUID(chronicle))
+    for mode in ("auto", "chronicle_only"):
+        bundle = await context(
+            client, tenant, chronicle, query="Who has the pipe?", focus=["pipe"], mode=mode
+        )
+        pipe = state_of(bundle, "pipe")
+        assert pipe["holder"]["value"] == "Quenilek", (mode, pipe)
+        assert pipe["location"]["value"] == "bridge", (mode, pipe)
+
+
+async def test_degraded_replay_finds_focus_and_aliases_beyond_its_recent_scan(client, engine, tenant) -> None:
+    """Known names come from the last `scan_events` events, but a focus name and an alias declared
+    earlier are found in the whole chronicle; an entity the chronicle did not have by the as-of
+    sequence has no state, even though the alias seed knows its name."""
+    filler = [
+        {"summary": f"Mara counted sack {n} at the weir.", "actors": ["Mara"], "location": "weir"}
+        for n in range(4)
+    ]
+    chronicle = await _post(client, tenant, "scan", [*ALIAS_STORY, *filler])
+    chronicle_id = uuid.UUID(chronicle)
+
+    def source(**kwargs: object) -> ChronicleReplayStateSource:
+        return ChronicleReplayStateSource(engine, tenant.id, chronicle_id, scan_events=2, **kwargs)
+
+    assert {k.id for k in await source().known_entities()} >= {"mara", "weir", "quenilek"}
+    assert "pipe" not in {k.id for k in await source().known_entities()}
+    quenilek = next(k for k in await source().known_entities() if k.id == "quenilek")
+    assert quenilek.aliases == ["the Sparrow"]  # declared 6 events before the scanned two
+
+    found = source(focus=["the pipe", "Pipe", "nobody"])
+    pipe = next(k for k in await found.known_entities() if k.id == "pipe")
+    assert pipe.kind == "item"
+    assert "nobody" not in {k.id for k in await found.known_entities()}
+    [state] = await found.entity_states(["pipe"], None)
+    assert (state.holder.value, state.location.value) == ("Quenilek", "bridge")
+    assert await source().entity_states(["quenilek"], 0) == []
+    [early] = await source().entity_states(["quenilek"], 1)
+    assert early.location.value == "mill"
+
+
+async def test_alias_declarations_are_read_once_then_only_the_new_ones(client, engine, tenant) -> None:
+    chronicle = await _post(client, tenant, "aliases", ALIAS_STORY)
+    chronicle_id, cache = uuid.UUID(chronicle), KnownNamesCache()
+
+    async def aliases_at(sequence: int) -> dict[str, list[str]]:
+        source = ChronicleReplayStateSource(
+            engine, tenant.id, chronicle_id, known_cache=cache, chronicle_sequence=sequence
+        )
+        return {k.id: k.aliases for k in await source.known_entities() if k.aliases}
+
+    assert await aliases_at(4) == {"quenilek": ["the Sparrow"]}
+    assert cache.aliases(chronicle_id) == (4, [("Quenilek", "the Sparrow")])
+    # Planted: were the declarations read again from the start, the Widow would be gone.
+    cache.put_aliases(chronicle_id, 4, [("Quenilek", "the Sparrow"), ("Mara", "the Widow")])
+    more = {
+        "summary": "Some called him Old Bird.",
+        "effects": [{"op": "alias", "entity": "the Sparrow", "alias": "Old Bird"}],
+    }
+    await client.post(f"/api/chronicles/{chronicle}/events", json={"events": [more]}, headers=tenant.headers)
+    assert await aliases_at(5) == {"quenilek": ["Old Bird", "the Sparrow"], "mara": ["the Widow"]}
+    assert cache.aliases(chronicle_id)[0] == 5
+
+
+async def test_a_recent_event_retrieval_found_keeps_its_score(client, tenant) -> None:
+    chronicle = await _post(client, tenant, "recent", ALIAS_STORY)
+    bundle = await context(client, tenant, chronicle, query="Who picked up the pipe?", focus=["pipe"])
+    assert bundle["history"] == []  # all four events are recent: each is shown once, there
+    by_sequence = {r["sequence"]: r for r in bundle["recent"]}
+    pickup = by_sequence[3]
+    assert pickup["why"][0] == "recent" and any(w.startswith("entity#") for w in pickup["why"]), pickup
+    assert pickup["score"] == max(r["score"] or 0.0 for r in bundle["recent"]) > 0

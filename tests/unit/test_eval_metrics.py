@@ -107,6 +107,9 @@ def test_ranking_is_by_score_then_recent_newest_first() -> None:
     assert [i["external_id"] for i in metrics.ranked_items(b)] == ["e2", "e1", "e3", "e9", "e8"]
     scored = score_query(q("recall", [], "x", evidence=["e9"]), b)
     assert scored["retrieval"]["mrr"] == pytest.approx(1 / 4)
+    # A recent event that retrieval found too carries its score and ranks by it.
+    b["recent"][0]["score"] = 0.02
+    assert [i["external_id"] for i in metrics.ranked_items(b)] == ["e2", "e8", "e1", "e3", "e9"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -418,3 +421,23 @@ def test_summary_words_are_not_stale_claims() -> None:
     scored = score_query(query, b, state_requested=True)
     assert scored["correct"] is True
     assert scored["stale"] is False
+
+
+def test_stale_fact_rate_is_over_current_state_questions_and_history_misses_are_apart() -> None:
+    """An earlier giver ranked first for "who gave the milk" is a history miss, not a superseded
+    fact passed off as current: it shows as the earlier-answer rate, not the stale-fact rate."""
+    give = q("who_gave", ["milk"], "Mary", stale_values=["Fred"], evidence=["e9"])
+    b = bundle(history=[ev(4, "Fred handed the milk to Jeff.", actors=["Fred", "Jeff"], score=0.05)],
+               recent=[ev(9, "Mary handed the milk to Fred.", actors=["Mary", "Fred"])])  # fmt: skip
+    assert score_query(give, b)["stale"] is True
+    who = q("who_was_at", [], ["Aela", "Bram"], params={"event": "e4"}, stale_values=["Cyra"])
+    assert score_query(who, b)["stale"] is None  # its answer cannot be a superseded value
+    records = [record("full", "where_now", True, stale=False), record("full", "who_gave", False, stale=True),
+               record("full", "who_was_at", True, stale=None)]  # fmt: skip
+    report = build_report(records, {"modes": ["full"], "datasets": ["d"], "run_id": "t"})
+    assert report["overall"]["full"]["state"]["stale_rate"] == 0.0
+    assert report["overall"]["full"]["history"]["stale_rate"] == 1.0
+    markdown = summary_markdown(report)
+    assert "| stale-fact rate ↓ (current state) | 0.000 |" in markdown
+    assert "| earlier-answer rate ↓ (history kinds) | 1.000 |" in markdown
+    assert "| stale-eligible (state / history) | 1 / 1 |" in markdown
