@@ -343,6 +343,8 @@ async def bulk_append_events(
     chronicle_id: uuid.UUID,
     events: Sequence[EventIn],
     embeddings: npt.NDArray[np.float32],
+    *,
+    statement_timeout_ms: int = 600_000,
 ) -> BulkAppendResult | None:
     """Append a large batch with COPY; None if there is no such chronicle for this tenant.
 
@@ -350,9 +352,14 @@ async def bulk_append_events(
     gap-free and commit-ordered; stored or repeated external ids are skipped), but the rows go
     through binary COPY on the driver connection inside the caller's transaction, which is several
     times cheaper per row than a multi-row INSERT. `embeddings` has one row per event.
+
+    The transaction's statement timeout is raised to `statement_timeout_ms`: the service's
+    timeout (a few seconds, right for requests) is too short for COPYing 10,000 rows into a table
+    whose HNSW index is present, where each row is an index insertion.
     """
     if embeddings.ndim != 2 or embeddings.shape[0] != len(events):
         raise ValueError(f"expected one embedding per event ({len(events)}), got shape {embeddings.shape}")
+    await conn.execute(select(func.set_config("statement_timeout", str(statement_timeout_ms), True)))
     last_sequence = await conn.scalar(
         select(chronicles.c.last_sequence)
         .where(chronicles.c.id == chronicle_id, chronicles.c.tenant_id == tenant_id)
@@ -405,8 +412,12 @@ async def bulk_append_events(
         await driver.copy_records_to_table(
             chronicle_events.name, records=records, columns=list(_BULK_COLUMNS)
         )
-    finally:
-        await driver.reset_type_codec("vector", schema=vector_schema)
+    except BaseException:
+        # The transaction is aborted, so the codec cannot be reset (that runs a query): the
+        # connection is discarded instead of going back to the pool with it.
+        await conn.invalidate()
+        raise
+    await driver.reset_type_codec("vector", schema=vector_schema)
     last_sequence += len(fresh)
     await conn.execute(
         update(chronicles)

@@ -173,3 +173,23 @@ async def test_cli_bulk_ingest(engine, tenant: Tenant, database_url: str, tmp_pa
     rejected = lore(["ingest", str(bad), "--tenant", name, "--bulk"], database_url)
     assert rejected.returncode == 1
     assert f"{bad}:2: embedding has 2 dimensions, expected 384" in rejected.stderr
+
+
+async def test_failed_copy_leaves_no_pass_through_codec_in_the_pool(engine, embedder, tenant: Tenant) -> None:
+    chronicle = await new_chronicle(engine, tenant, embedder)
+    async with engine.begin() as conn:  # a row at sequence 1 behind the counter's back: COPY must fail
+        await conn.execute(
+            text("INSERT INTO chronicle_events (id, tenant_id, chronicle_id, sequence, kind, summary) "
+                 "VALUES (:id, :t, :c, 1, 'event', 'planted')"),
+            {"id": uuid.uuid4(), "t": tenant.id, "c": chronicle},
+        )  # fmt: skip
+    with pytest.raises(Exception, match="chronicle_events_sequence_key"):
+        await bulk(engine, embedder, tenant, chronicle, story_lines()[:3])
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM chronicle_events WHERE chronicle_id = :c"),
+                                 {"c": chronicle}) == 1  # fmt: skip
+    # Every pooled connection still reads vectors through the normal codec.
+    for _ in range(3):
+        async with engine.connect() as conn:
+            value = await conn.scalar(text("SELECT '[1,2,3]'::vector"))
+        assert not isinstance(value, bytes)
