@@ -566,6 +566,9 @@ def cmd_ingest_bulk(settings: Settings, args: argparse.Namespace) -> int:
     if not stdin and not args.file.is_file():
         raise CliError(f"{args.file}: no such file")
     total_bytes = None if stdin else args.file.stat().st_size
+    # The service's database timeout (a few seconds) suits requests, not a chunk of 10,000 rows
+    # written into an indexed table or the ANALYZE of a million rows afterwards.
+    settings = msgspec.structs.replace(settings, db_timeout_ms=max(settings.db_timeout_ms, 600_000))
 
     async def work(services: Services) -> tuple[uuid.UUID, BulkTotals]:
         tenant_id, chronicle_id = await _ingest_target(services, args)

@@ -410,7 +410,10 @@ async def bulk_append_events(
     await driver.set_type_codec("vector", schema=vector_schema, encoder=bytes, decoder=bytes, format="binary")
     try:
         await driver.copy_records_to_table(
-            chronicle_events.name, records=records, columns=list(_BULK_COLUMNS)
+            chronicle_events.name,
+            records=records,
+            columns=list(_BULK_COLUMNS),
+            timeout=statement_timeout_ms / 1000 + 1,  # the driver's own limit is the service's
         )
     except BaseException:
         # The transaction is aborted, so the codec cannot be reset (that runs a query): the
