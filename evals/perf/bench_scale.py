@@ -340,6 +340,7 @@ async def recall_phase(
             results.append({**setting, "skipped": "out of time"})
             continue
         per_bucket: dict[str, list[float]] = {b: [] for b in buckets}
+        bucket_ms: dict[str, list[float]] = {b: [] for b in buckets}
         full = 0
         latencies: list[float] = []
         for (bucket, q), truth in zip(queries, exact, strict=True):
@@ -354,13 +355,15 @@ async def recall_phase(
                 ids = await halfvec_top(engine, q, setting["k"], setting["ef_search"], setting["iterative_scan"],
                                         setting["max_scan_tuples"])  # fmt: skip
             latencies.append((time.perf_counter() - started) * 1000)
+            bucket_ms[bucket].append(latencies[-1])
             full += len(ids) >= min(setting["k"], len(truth))
             per_bucket[bucket].append(recall_at(ids, truth))
         everything = [r for values in per_bucket.values() for r in values]
         entry = {**setting, "recall_at_10": round(statistics.fmean(everything), 4),
                  "recall_by_as_of": {b: round(statistics.fmean(v), 4) for b, v in per_bucket.items()},
                  "min_recall": round(min(everything), 2), "always_k_rows": full == len(queries),
-                 "queries_with_k_rows": full, "latency_ms": percentiles(latencies)}  # fmt: skip
+                 "queries_with_k_rows": full, "latency_ms": percentiles(latencies),
+                 "p95_ms_by_as_of": {b: percentiles(v).get("p95") for b, v in bucket_ms.items()}}  # fmt: skip
         results.append(entry)
         progress(f"  {setting['label']}: recall@10 {entry['recall_at_10']:.3f} "
                  f"{entry['recall_by_as_of']} k rows {full}/{len(queries)} p95 {entry['latency_ms']['p95']} ms")  # fmt: skip
@@ -623,7 +626,8 @@ def report(
         "conditions": {"nice": os.nice(0), "load_average_at_start": [round(x, 2) for x in load_start],
                        "load_average_now": [round(x, 2) for x in os.getloadavg()],
                        "wall_seconds": round(time.monotonic() - started)},
-        "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        # Paths relative to the repository: a machine's directories do not belong in the results.
+        "parameters": {k: (v.name if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "embeddings": "hashed bag-of-words projection (per-word Gaussian vectors seeded by crc32 of the word, "
                       "summed, plus noise of 0.35 relative norm, normalised); queries embedded alike; the "
                       "context phase embeds its queries with the real local model",
