@@ -37,7 +37,7 @@ __all__ = [
 
 DEFAULT_CHUNK_EVENTS: Final = 10_000
 """Events per transaction: large enough that COPY dominates, small enough to keep a chunk of
-parsed lines (about 60 MB with 384-dimension embeddings) and one lock hold short."""
+parsed lines (about 120 MB with 384-dimension embeddings as Python floats) and one lock hold short."""
 
 EMBED_BATCH: Final = 256
 """Texts per embedder call for lines without an embedding."""
