@@ -46,6 +46,15 @@ bench-ecs: $(STAMP) ## ECS: projector at 100,000 events, worker scaling, entity 
 bench-context: $(STAMP) ## Context requests at 10,000 and 100,000 events, 1 and 8 clients (about 15 min)
 	$(BIN)/python -m evals.perf.bench_context
 
+# The scale study: 1,000,000 events loaded with `lore ingest --bulk`, index builds, recall, projector,
+# rebuild and context latency. Needs ~5 GB of temporary disk and up to an hour on 2 cores;
+# `make bench-scale SCALE_ARGS="--events 100000"` is a quicker check.
+SCALE_ARGS ?=
+
+.PHONY: bench-scale
+bench-scale: $(STAMP) ## Scale study at 1M events -> evals/perf/results/scale.json (up to an hour)
+	$(BIN)/python -m evals.perf.bench_scale $(SCALE_ARGS)
+
 .PHONY: load
 load: $(STAMP) ## 10-minute mixed load with faults -> evals/perf/results/load.json
 	$(BIN)/python -m evals.perf.load

@@ -120,6 +120,14 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--tenant", required=True, help="tenant name")
     ingest.add_argument("--chronicle", help="chronicle id (default: create one titled after the file)")
     ingest.add_argument("--batch-size", type=int, default=100, help="events per transaction (1..1000)")
+    ingest.add_argument(
+        "--bulk",
+        action="store_true",
+        help='large loads: stream the file, COPY in chunks; lines may carry a precomputed "embedding"',
+    )
+    ingest.add_argument(
+        "--chunk-size", type=int, default=10_000, help="with --bulk: events per transaction (default 10,000)"
+    )
     ingest.set_defaults(handler=cmd_ingest)
 
     # Listed here for `lore --help`; `main` hands everything after `eval` to evals.cli.
@@ -521,13 +529,104 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+async def _ingest_target(services: Services, args: argparse.Namespace) -> tuple[uuid.UUID, uuid.UUID]:
+    """The tenant and chronicle `lore ingest` writes to (the chronicle is created if not given)."""
+    from app.auth import find_tenant
+    from rag.store import create_chronicle, get_chronicle
+
+    async with services.engine.begin() as conn:
+        tenant_id = await find_tenant(conn, args.tenant)
+        if tenant_id is None:
+            raise CliError(f"no tenant named {args.tenant!r} (create it with `lore tenant create`)")
+        if args.chronicle:
+            try:
+                chronicle_id = uuid.UUID(args.chronicle)
+            except ValueError:
+                raise CliError(f"--chronicle: {args.chronicle!r} is not a UUID") from None
+            if await get_chronicle(conn, tenant_id, chronicle_id) is None:
+                raise CliError(f"no chronicle {chronicle_id} for tenant {args.tenant!r}")
+            return tenant_id, chronicle_id
+        row = await create_chronicle(
+            conn, tenant_id, title=Path(str(args.file)).stem, description=None, metadata={},
+            embedding_model=services.embedder.model_id,
+        )  # fmt: skip
+        return tenant_id, row.id
+
+
+def cmd_ingest_bulk(settings: Settings, args: argparse.Namespace) -> int:
+    """Stream the file in chunks through COPY; validation, sequences and idempotence as the API."""
     from tqdm import tqdm
 
-    from app.auth import find_tenant
+    from rag.bulk import BulkLineError, BulkTotals, bulk_ingest, read_chunks
+    from rag.store import refresh_statistics
+
+    if not 1 <= args.chunk_size <= 100_000:
+        raise CliError("--chunk-size must be between 1 and 100,000")
+    stdin = str(args.file) == "-"
+    if not stdin and not args.file.is_file():
+        raise CliError(f"{args.file}: no such file")
+    total_bytes = None if stdin else args.file.stat().st_size
+    # The service's database timeout (a few seconds) suits requests, not a chunk of 10,000 rows
+    # written into an indexed table or the ANALYZE of a million rows afterwards.
+    settings = msgspec.structs.replace(settings, db_timeout_ms=max(settings.db_timeout_ms, 600_000))
+
+    async def work(services: Services) -> tuple[uuid.UUID, BulkTotals]:
+        tenant_id, chronicle_id = await _ingest_target(services, args)
+        with contextlib.ExitStack() as stack:
+            source = sys.stdin.buffer if stdin else stack.enter_context(args.file.open("rb"))
+            # Bytes read, not events: the number of lines is unknown until the end of the stream.
+            progress = stack.enter_context(
+                tqdm(total=total_bytes, unit="B", unit_scale=True, desc="bulk ingest", file=sys.stderr)
+            )
+            position = 0
+
+            def advance(totals: BulkTotals) -> None:
+                nonlocal position
+                now = source.tell() if not stdin else position
+                progress.update(now - position)
+                position = now
+                progress.set_postfix(events=totals.lines, stored=totals.stored, refresh=False)
+
+            chunks = read_chunks(
+                source,
+                dimension=services.embedder.dimension,
+                source=str(args.file),
+                chunk_size=args.chunk_size,
+            )
+            try:
+                totals = await bulk_ingest(
+                    services.engine, services.embed, tenant_id, chronicle_id, chunks,
+                    dimension=services.embedder.dimension, on_chunk=advance,
+                )  # fmt: skip
+            except BulkLineError as error:
+                raise CliError(
+                    f"{error}; nothing of its chunk was stored (earlier chunks were: fix the line "
+                    "and run again, stored events are skipped by external_id)"
+                ) from None
+        assert totals is not None  # the chronicle was found or created above
+        if totals.stored:
+            async with services.engine.begin() as conn:
+                await refresh_statistics(conn)
+        return chronicle_id, totals
+
+    chronicle_id, totals = _run_with_services(settings, work)
+    print(
+        f"{totals.stored} events stored, {totals.duplicates} duplicates skipped, "
+        f"{totals.embedded} embedded here",
+        file=sys.stderr,
+    )
+    print(chronicle_id)
+    return 0
+
+
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    if args.bulk:
+        return cmd_ingest_bulk(settings, args)
+    from tqdm import tqdm
+
     from rag.events import MAX_BATCH_EVENTS, EventIn
     from rag.ingest import ingest_batch
-    from rag.store import create_chronicle, get_chronicle, refresh_statistics
+    from rag.store import refresh_statistics
 
     if not 1 <= args.batch_size <= MAX_BATCH_EVENTS:
         raise CliError(f"--batch-size must be between 1 and {MAX_BATCH_EVENTS}")
@@ -545,23 +644,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
             raise CliError(f"{args.file}:{number}: {error}; nothing was ingested") from None
 
     async def work(services: Services) -> tuple[uuid.UUID, int, int]:
-        async with services.engine.begin() as conn:
-            tenant_id = await find_tenant(conn, args.tenant)
-            if tenant_id is None:
-                raise CliError(f"no tenant named {args.tenant!r} (create it with `lore tenant create`)")
-            if args.chronicle:
-                try:
-                    chronicle_id = uuid.UUID(args.chronicle)
-                except ValueError:
-                    raise CliError(f"--chronicle: {args.chronicle!r} is not a UUID") from None
-                if await get_chronicle(conn, tenant_id, chronicle_id) is None:
-                    raise CliError(f"no chronicle {chronicle_id} for tenant {args.tenant!r}")
-            else:
-                row = await create_chronicle(
-                    conn, tenant_id, title=Path(str(args.file)).stem, description=None, metadata={},
-                    embedding_model=services.embedder.model_id,
-                )  # fmt: skip
-                chronicle_id = row.id
+        tenant_id, chronicle_id = await _ingest_target(services, args)
         new = duplicates = 0
         with tqdm(total=len(events), unit="event", desc="ingest", file=sys.stderr) as progress:
             for start in range(0, len(events), args.batch_size):
