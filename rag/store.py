@@ -262,16 +262,21 @@ async def append_events(
         rows.append(_event_row(tenant_id, chronicle_id, event_id, last_sequence, event, embeddings[index]))
     if rows:
         await conn.execute(insert(chronicle_events), rows)
-        await conn.execute(
-            update(chronicles)
-            .where(chronicles.c.id == chronicle_id)
-            .values(last_sequence=last_sequence, updated_at=func.now())
-        )
-        # Delivered on commit only, so a listener never sees an event it cannot read yet.
-        await conn.execute(text("SELECT pg_notify(:channel, :payload)"), {
-            "channel": CHANNEL_EVENTS, "payload": str(chronicle_id)
-        })  # fmt: skip
+        await _advance_head(conn, chronicle_id, last_sequence)
     return results
+
+
+async def _advance_head(conn: AsyncConnection, chronicle_id: uuid.UUID, last_sequence: int) -> None:
+    """Record the chronicle's new last sequence and tell the projectors (under the row lock)."""
+    await conn.execute(
+        update(chronicles)
+        .where(chronicles.c.id == chronicle_id)
+        .values(last_sequence=last_sequence, updated_at=func.now())
+    )
+    # Delivered on commit only, so a listener never sees an event it cannot read yet.
+    await conn.execute(text("SELECT pg_notify(:channel, :payload)"), {
+        "channel": CHANNEL_EVENTS, "payload": str(chronicle_id)
+    })  # fmt: skip
 
 
 def _event_row(
@@ -422,14 +427,7 @@ async def bulk_append_events(
         raise
     await driver.reset_type_codec("vector", schema=vector_schema)
     last_sequence += len(fresh)
-    await conn.execute(
-        update(chronicles)
-        .where(chronicles.c.id == chronicle_id)
-        .values(last_sequence=last_sequence, updated_at=func.now())
-    )
-    await conn.execute(text("SELECT pg_notify(:channel, :payload)"), {
-        "channel": CHANNEL_EVENTS, "payload": str(chronicle_id)
-    })  # fmt: skip
+    await _advance_head(conn, chronicle_id, last_sequence)
     return BulkAppendResult(len(fresh), len(events) - len(fresh), last_sequence)
 
 
