@@ -53,6 +53,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import importlib.metadata
+import itertools
 import json
 import os
 import platform
@@ -181,15 +182,16 @@ def _spread(items: list[Any], n: int) -> list[Any]:
 
 
 def load_streams(
-    spec: Any, data_dir: Path | None = None, limit: int | None = None
+    spec: Any, data_dir: Path | None = None, limit: int | None = None, *, skip: int = 0
 ) -> tuple[str, list[LoadedStream]]:
     """Materialise a dataset's streams, keeping at most ``limit`` queries in all: whole streams in
     order while they fit, and an even sample of the stream where the limit falls (so a
-    single-stream dataset such as the generator keeps queries from every point of the stream)."""
+    single-stream dataset such as the generator keeps queries from every point of the stream).
+    ``skip`` leaves out the first streams (a tuning split apart from the evaluation's)."""
     name, streams = _resolve(spec, data_dir)
     out: list[LoadedStream] = []
     taken = 0
-    for stream in streams:
+    for stream in itertools.islice(streams, skip, None):
         if limit is not None and taken >= limit:
             break
         queries = sorted(stream.queries, key=lambda q: q.asked_after)
