@@ -18,7 +18,7 @@ from rag.bulk import BulkLineError, bulk_ingest, read_chunks
 from rag.ingest import ingest_batch
 from rag.retrieval import RetrievalQuery, vector_search
 from rag.schema import chronicles, tenants
-from rag.store import create_chronicle
+from rag.store import COPY_FROM_ROWS, create_chronicle
 from tests.conftest import Tenant
 
 pytestmark = pytest.mark.timeout(300)
@@ -68,13 +68,21 @@ def same_rows(a: list[dict], b: list[dict]) -> None:
 
 
 async def test_bulk_stores_the_same_rows_as_the_normal_path(engine, embedder, tenant: Tenant) -> None:
-    normal, bulk_embedded, bulk_given = [await new_chronicle(engine, tenant, embedder) for _ in range(3)]
+    normal, one_post, bulk_embedded, bulk_given = [
+        await new_chronicle(engine, tenant, embedder) for _ in range(4)
+    ]
 
     async def embed(texts: list[str]) -> list[list[float]]:
         return embedder.embed(texts)
 
-    await ingest_batch(engine, embed, tenant.id, normal, load_sample_story())
+    story = load_sample_story()
+    assert len(story) >= COPY_FROM_ROWS
+    for start in range(0, len(story), 3):  # small posts: rows go in by INSERT
+        await ingest_batch(engine, embed, tenant.id, normal, story[start : start + 3])
     expected = await rows(engine, normal)
+    # One post of the whole story: its rows go in by COPY, and must be the same.
+    await ingest_batch(engine, embed, tenant.id, one_post, story)
+    same_rows(expected, await rows(engine, one_post))
 
     totals = await bulk(engine, embedder, tenant, bulk_embedded, story_lines())
     assert totals is not None and (totals.stored, totals.duplicates, totals.embedded) == (40, 0, 40)
