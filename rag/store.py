@@ -236,7 +236,7 @@ async def append_events(
     tenant_id: uuid.UUID,
     chronicle_id: uuid.UUID,
     events: Sequence[EventIn],
-    embeddings: dict[int, list[float]],
+    embeddings: dict[int, list[float] | None],
 ) -> list[IngestedEvent] | None:
     """Append a batch; returns one result per input event, in input order, or None if no chronicle.
 
@@ -244,7 +244,8 @@ async def append_events(
     chronicle queue here, so sequences are gap-free (a rolled-back batch never took any) and
     commit-ordered (no one can take a later sequence before this batch commits). External ids
     already stored, or repeated earlier in the same batch, return the original event with
-    `duplicate: true`. `embeddings` maps input index to vector for every event that may be new.
+    `duplicate: true`. `embeddings` maps input index to vector (None: stored without one) for every
+    event that may be new.
     """
     last_sequence = await conn.scalar(
         select(chronicles.c.last_sequence)
@@ -270,10 +271,14 @@ async def append_events(
         results.append(result)
         fresh.append((event_id, last_sequence, index))
     if len(fresh) >= COPY_FROM_ROWS:
-        vectors = vector_binary(np.asarray([embeddings[index] for _, _, index in fresh], dtype=np.float32))
+        given = [index for _, _, index in fresh if embeddings[index] is not None]
+        binary: dict[int, bytes | None] = dict.fromkeys(index for _, _, index in fresh)
+        if given:
+            stacked = np.asarray([embeddings[index] for index in given], dtype=np.float32)
+            binary.update(zip(given, vector_binary(stacked), strict=True))
         rows = [
-            _event_row(tenant_id, chronicle_id, event_id, sequence, events[index], vector)
-            for (event_id, sequence, index), vector in zip(fresh, vectors, strict=True)
+            _event_row(tenant_id, chronicle_id, event_id, sequence, events[index], binary[index])
+            for event_id, sequence, index in fresh
         ]
         await _copy_event_rows(conn, rows)
     elif fresh:
@@ -306,7 +311,7 @@ def _event_row(
     event_id: uuid.UUID,
     sequence: int,
     event: EventIn,
-    embedding: list[float] | bytes,
+    embedding: list[float] | bytes | None,
 ) -> dict[str, Any]:
     actors = event.actor_refs()
     entity_keys = {normalize_name(a.name) for a in actors}

@@ -18,7 +18,7 @@ from rag.bulk import BulkLineError, bulk_ingest, read_chunks
 from rag.ingest import ingest_batch
 from rag.retrieval import RetrievalQuery, vector_search
 from rag.schema import chronicles, tenants
-from rag.store import COPY_FROM_ROWS, create_chronicle
+from rag.store import COPY_FROM_ROWS, append_events, create_chronicle
 from tests.conftest import Tenant
 
 pytestmark = pytest.mark.timeout(300)
@@ -201,3 +201,17 @@ async def test_failed_copy_leaves_no_pass_through_codec_in_the_pool(engine, embe
         async with engine.connect() as conn:
             value = await conn.scalar(text("SELECT '[1,2,3]'::vector"))
         assert not isinstance(value, bytes)
+
+
+async def test_copied_batch_keeps_missing_embeddings_missing(engine, embedder, tenant: Tenant) -> None:
+    chronicle = await new_chronicle(engine, tenant, embedder)
+    story = load_sample_story()[:COPY_FROM_ROWS]
+    vectors = embedder.embed([e.summary for e in story])
+    # Every other event without a vector (as a loader that embeds later would write them).
+    embeddings = {i: (vectors[i] if i % 2 == 0 else None) for i in range(len(story))}
+    async with engine.begin() as conn:
+        await append_events(conn, tenant.id, chronicle, story, embeddings)
+    stored = await rows(engine, chronicle)
+    assert [r["embedding"] is None for r in stored] == [i % 2 == 1 for i in range(len(story))]
+    for i in range(0, len(story), 2):
+        assert max(abs(x - y) for x, y in zip(stored[i]["embedding"], vectors[i], strict=True)) < 1e-6
