@@ -213,7 +213,8 @@ async def assemble_context(
 
     t = time.perf_counter()
     known = await state_source.known_entities() if state_source is not None else ()
-    analysis = analyse_query(request.query, known, request.focus)
+    scope = (request.chronicle_id, state_source.label) if state_source is not None else None
+    analysis = analyse_query(request.query, known, request.focus, scope=scope)
     timings["analyse"] = _ms(t)
 
     focus_ids = list(dict.fromkeys(m.entity_id for m in analysis.mentions))

@@ -20,7 +20,7 @@ regexes; the context assembler uses them to decide which facts and events to ran
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Final, Literal, get_args
 
 import msgspec
@@ -340,48 +340,62 @@ def _build_terms(known: Sequence[KnownEntity]) -> dict[str, list[_Term]]:
     return index
 
 
-_INDEX_CACHE: dict[int, tuple[tuple[tuple[str, str, tuple[str, ...]], ...], dict[str, list[_Term]]]] = {}
-_INDEX_CACHE_SIZE: Final = 64
+_Fingerprint = tuple[tuple[str, str, tuple[str, ...]], ...]
+_Index = dict[str, list[_Term]]
+
+# Name indexes, kept between questions. Each holds every name of a chronicle (a few MB for
+# thousands of entities), so they are kept per scope (a chronicle and where its names come from),
+# the latest version only: a chronicle whose names change with every event being written must not
+# fill the memory with the indexes of its past versions.
+_BY_SCOPE: dict[Hashable, tuple[Sequence[KnownEntity], _Fingerprint, _Index]] = {}
+_SCOPES_KEPT: Final = 64
+# Callers without a scope (tools, tests): by content, a few entries.
+_BY_FINGERPRINT: dict[int, tuple[_Fingerprint, _Index]] = {}
+_FINGERPRINTS_KEPT: Final = 8
 
 
-# Indexes by the identity of the tuple of names they were built from. State sources that keep a
-# chronicle's names between requests return the same tuple each time, which is then recognised
-# without even the fingerprint below (a tuple of every name: ~1 ms for a few thousand). Only tuples,
-# which cannot change (their KnownEntity items are frozen, and their alias lists are never changed
-# in place); holding the tuple here also keeps its id from being reused while the entry lives.
-_BY_IDENTITY: dict[int, tuple[tuple[KnownEntity, ...], dict[str, list[_Term]]]] = {}
+def _fingerprint(known: Sequence[KnownEntity]) -> _Fingerprint:
+    return tuple((k.id, k.name, tuple(k.aliases)) for k in known)
 
 
-def _terms_for(known: Sequence[KnownEntity]) -> dict[str, list[_Term]]:
+def _terms_for(known: Sequence[KnownEntity], scope: Hashable | None) -> _Index:
     """`_build_terms`, memoized: a chronicle's entities rarely change between two questions, and
     tokenising a thousand names on every request cost more than the rest of the analysis."""
-    held = _BY_IDENTITY.get(id(known))
-    if held is not None and held[0] is known:
-        return held[1]
-    index = _terms_by_fingerprint(known)
-    if isinstance(known, tuple):
-        if len(_BY_IDENTITY) >= _INDEX_CACHE_SIZE:
-            _BY_IDENTITY.pop(next(iter(_BY_IDENTITY)))
-        _BY_IDENTITY[id(known)] = (known, index)
+    if scope is None:
+        return _terms_by_fingerprint(known)
+    held = _BY_SCOPE.get(scope)
+    # The same tuple as last time is recognised without even the fingerprint (a tuple of every
+    # name: ~1 ms for a few thousand). Only tuples: they cannot change (their KnownEntity items
+    # are frozen, and their alias lists are never changed in place).
+    if held is not None and held[0] is known and isinstance(known, tuple):
+        return held[2]
+    fingerprint = _fingerprint(known)
+    index = held[2] if held is not None and held[1] == fingerprint else _build_terms(known)
+    _BY_SCOPE.pop(scope, None)
+    if len(_BY_SCOPE) >= _SCOPES_KEPT:
+        _BY_SCOPE.pop(next(iter(_BY_SCOPE)))  # the scope used longest ago
+    _BY_SCOPE[scope] = (known, fingerprint, index)
     return index
 
 
-def _terms_by_fingerprint(known: Sequence[KnownEntity]) -> dict[str, list[_Term]]:
-    fingerprint = tuple((k.id, k.name, tuple(k.aliases)) for k in known)
+def _terms_by_fingerprint(known: Sequence[KnownEntity]) -> _Index:
+    fingerprint = _fingerprint(known)
     key = hash(fingerprint)
-    cached = _INDEX_CACHE.get(key)
+    cached = _BY_FINGERPRINT.get(key)
     if cached is not None and cached[0] == fingerprint:
         return cached[1]
     index = _build_terms(known)
-    if len(_INDEX_CACHE) >= _INDEX_CACHE_SIZE:
-        _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))
-    _INDEX_CACHE[key] = (fingerprint, index)
+    if len(_BY_FINGERPRINT) >= _FINGERPRINTS_KEPT:
+        _BY_FINGERPRINT.pop(next(iter(_BY_FINGERPRINT)))
+    _BY_FINGERPRINT[key] = (fingerprint, index)
     return index
 
 
-def _find_mentions(text: str, known: Sequence[KnownEntity]) -> list[tuple[str, tuple[int, int], bool]]:
+def _find_mentions(
+    text: str, known: Sequence[KnownEntity], scope: Hashable | None = None
+) -> list[tuple[str, tuple[int, int], bool]]:
     """``(entity_id, span, ambiguous)`` for every match, left to right, non-overlapping."""
-    index = _terms_for(known)
+    index = _terms_for(known, scope)
     if not index:
         return []
     folded, spans = _split(text)
@@ -437,7 +451,9 @@ def _window(text: str) -> tuple[str, bool]:
 # --------------------------------------------------------------------------------------------------
 
 
-def analyse_query(text: str, known: Sequence[KnownEntity], focus: Sequence[str] = ()) -> QueryAnalysis:
+def analyse_query(
+    text: str, known: Sequence[KnownEntity], focus: Sequence[str] = (), *, scope: Hashable | None = None
+) -> QueryAnalysis:
     """Find the entities ``text`` mentions and the facets it asks about.
 
     Args:
@@ -447,6 +463,8 @@ def analyse_query(text: str, known: Sequence[KnownEntity], focus: Sequence[str] 
         focus: Entity ids or names the client asked to focus on. They are resolved against
             ``known`` and listed first, in the order given; entries that resolve to nothing are
             reported in ``unresolved_focus`` instead of failing the request.
+        scope: Where ``known`` comes from (say, a chronicle), for the index of its names kept
+            between calls: one per scope, its latest version. None keeps a few by content.
 
     Returns:
         Mentions in a deterministic order (focus first, then by first occurrence in the text;
@@ -454,7 +472,7 @@ def analyse_query(text: str, known: Sequence[KnownEntity], focus: Sequence[str] 
     """
     window, truncated = _window(text)
     facets, dimensions = _facets_and_dimensions(window)
-    occurrences = _find_mentions(window, known)
+    occurrences = _find_mentions(window, known, scope)
     first_seen: dict[str, tuple[tuple[int, int], bool]] = {}
     for entity_id, span, ambiguous in occurrences:
         first_seen.setdefault(entity_id, (span, ambiguous))

@@ -402,3 +402,40 @@ def test_property_never_raises_and_spans_point_at_the_names(
             assert not _is_word_char(text[start - 1])
         if mention.matched[-1].isalnum() and end < len(text):
             assert not _is_word_char(text[end])
+
+
+# --------------------------------------------------------------------------------------------------
+# The name index kept between questions
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_scope_keeps_only_the_latest_version_of_its_names() -> None:
+    from rag import query_analysis
+
+    scope = ("chronicle", "ecs")
+    names = tuple(CAST)
+    # A chronicle being written to: every event may bring a name, so every version is new.
+    for n in range(1, 101):
+        names = (*names, KnownEntity(id=f"c-new-{n}", name=f"Newcomer{n}", kind="character"))
+        found = analyse_query(f"Where is Newcomer{n} now?", names, scope=scope).entity_ids
+        assert found == [f"c-new-{n}"]
+    assert sum(1 for key in query_analysis._BY_SCOPE if key == scope) == 1
+    # An equal list in a new tuple (the names were read again) reuses the index it already has.
+    kept = query_analysis._BY_SCOPE[scope][2]
+    assert analyse_query("Where is Bram?", tuple(names), scope=scope).entity_ids == ["c-bram"]
+    assert query_analysis._BY_SCOPE[scope][2] is kept
+    # A name that disappeared (a rebuild renamed it) is not found from a stale index.
+    renamed = tuple(k for k in names if k.id != "c-bram")
+    assert analyse_query("Where is Bram?", renamed, scope=scope).entity_ids == []
+
+
+def test_scopes_are_bounded_and_unscoped_callers_are_cached_by_content() -> None:
+    from rag import query_analysis
+
+    for n in range(query_analysis._SCOPES_KEPT + 10):
+        analyse_query("Where is Bram?", tuple(CAST), scope=("many", n))
+    assert len(query_analysis._BY_SCOPE) <= query_analysis._SCOPES_KEPT
+    for n in range(20):
+        extra = [*CAST, KnownEntity(id=f"x-{n}", name=f"Extra{n}", kind="item")]
+        assert analyse_query(f"Who has Extra{n}?", extra).entity_ids == [f"x-{n}"]
+    assert len(query_analysis._BY_FINGERPRINT) <= query_analysis._FINGERPRINTS_KEPT
