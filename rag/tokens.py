@@ -49,6 +49,9 @@ CHARS_PER_TOKEN: Final = 4
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _ASCII_SPACE: Final = re.compile(r"[ \t\n\r]")
 _MIN_HEAD_CHARS: Final = 4_096
+# Texts this long are counted line by line with a memo of line counts (see WordPieceCounter.count).
+_LINE_MEMO_MIN_CHARS: Final = 512
+_LINE_MEMO_SIZE: Final = 50_000
 
 
 @runtime_checkable
@@ -140,6 +143,7 @@ class WordPieceCounter:
         # threads can raise "Already borrowed". Encoding is fast (well under a millisecond for a
         # prompt), so serialising calls costs less than keeping one tokenizer per thread.
         self._lock = threading.Lock()
+        self._line_tokens: dict[str, int] = {}
 
     def _encode(self, text: str) -> Encoding:
         safe = _SURROGATE.sub("\ufffd", text)
@@ -149,11 +153,32 @@ class WordPieceCounter:
     def count(self, text: str) -> int:
         if not text:
             return 0
-        safe = _SURROGATE.sub("\ufffd", text)
+        if len(text) < _LINE_MEMO_MIN_CHARS:
+            return self._count_each([text])[0]
+        # The BERT pre-tokenizer splits on whitespace before anything else, so a text's tokens
+        # are its lines' tokens: lines are counted once and remembered. A budget search renders
+        # the same event lines over and over (each probe drops a few), and successive requests
+        # about one chronicle share most of theirs.
+        lines = text.split("\n")
+        memo = self._line_tokens
+        # Looked up into a local dict: another thread may clear the memo meanwhile.
+        counts = {line: memo.get(line) for line in lines}
+        unseen = [line for line, tokens in counts.items() if tokens is None]
+        if unseen:
+            fresh = dict(zip(unseen, self._count_each(unseen), strict=True))
+            counts.update(fresh)
+            if len(memo) + len(fresh) > _LINE_MEMO_SIZE:
+                memo.clear()
+            memo.update(fresh)
+        return sum(counts[line] or 0 for line in lines)
+
+    def _count_each(self, texts: list[str]) -> list[int]:
+        safe = [_SURROGATE.sub("\ufffd", text) for text in texts]
         # encode_batch_fast gives the same ids without tracking character offsets, which a count
         # does not need (truncate does): a quarter less time on every budget check of a bundle.
         with self._lock:
-            return len(self._tokenizer.encode_batch_fast([safe], add_special_tokens=False)[0].ids)
+            encodings = self._tokenizer.encode_batch_fast(safe, add_special_tokens=False)
+        return [len(encoding.ids) for encoding in encodings]
 
     def _head_offsets(self, text: str, max_tokens: int) -> list[tuple[int, int]]:
         """Token offsets of a head of ``text`` holding more than ``max_tokens`` tokens, or of

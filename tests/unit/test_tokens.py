@@ -220,3 +220,16 @@ def test_property_wordpiece_count_equals_the_tokens_of_the_full_encoding(text: s
     wordpiece = get_counter("wordpiece")
     assert isinstance(wordpiece, WordPieceCounter)
     assert wordpiece.count(text) == (len(wordpiece._encode(text).ids) if text else 0)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(st.text(max_size=120), min_size=1, max_size=40), repeat=st.integers(1, 3))
+def test_property_line_memo_counts_exactly_like_one_encoding(lines: list[str], repeat: int) -> None:
+    # Long texts are counted line by line from a memo; the sum must equal encoding the whole text,
+    # whatever the lines hold (empty ones, lone surrogates, accents, CJK, spaces at either end).
+    wordpiece = get_counter("wordpiece")
+    assert isinstance(wordpiece, WordPieceCounter)
+    text = "\n".join(lines * repeat) + " padding words" * 40
+    assert len(text) >= 512
+    for _ in range(2):  # the second time from the memo
+        assert wordpiece.count(text) == len(wordpiece._encode(text).ids)
