@@ -51,7 +51,7 @@ _ASCII_SPACE: Final = re.compile(r"[ \t\n\r]")
 _MIN_HEAD_CHARS: Final = 4_096
 # Texts this long are counted line by line with a memo of line counts (see WordPieceCounter.count).
 _LINE_MEMO_MIN_CHARS: Final = 512
-_LINE_MEMO_SIZE: Final = 50_000
+_LINE_MEMO_SIZE: Final = 5_000
 
 
 @runtime_checkable
