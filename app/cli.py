@@ -169,7 +169,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         if args.demo:
             key, chronicle_id = asyncio.run(_prepare_demo(settings, endpoints))
             _print_demo_banner(settings, key, chronicle_id)
-        app = create_app(settings, endpoints)
+        app = create_app(settings, endpoints, freeze_startup_objects=True)
         config = uvicorn.Config(
             app,
             host=settings.host,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 
 from litestar import Litestar
@@ -29,13 +30,28 @@ from rag.embedding import Embedder
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings, endpoints: Endpoints, *, embedder: Embedder | None = None) -> Litestar:
-    """Build the app; `embedder` lets tests share one loaded model across app instances."""
+def create_app(
+    settings: Settings,
+    endpoints: Endpoints,
+    *,
+    embedder: Embedder | None = None,
+    freeze_startup_objects: bool = False,
+) -> Litestar:
+    """Build the app; `embedder` lets tests share one loaded model across app instances.
+
+    `freeze_startup_objects` (the server process, not tests that build many apps): once started,
+    everything allocated so far (modules, the model's Python side, metadata, compiled statements)
+    is moved out of the garbage collector's sight. A full collection otherwise walks it all again
+    and again: 60-100 ms pauses in the middle of requests, measured at p99.
+    """
 
     @contextlib.asynccontextmanager
     async def services_lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_services(settings, endpoints, embedder=embedder, run_background=True) as services:
             app.state.services = services
+            if freeze_startup_objects:
+                gc.collect()
+                gc.freeze()
             yield
 
     app = Litestar(
