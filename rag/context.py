@@ -8,7 +8,8 @@ was later superseded is marked so, and rendered as "earlier: ... now: ...".
 Budget: the rendered text is counted with the chosen token counter, and the bundle is shrunk until
 it fits: history is cut first (lowest score first), then the recent events (oldest first); pinned
 state is never dropped, and only if it alone exceeds the budget is the text truncated (said in the
-manifest). Ordering is deterministic, so the same chronicle state and request give byte-identical
+manifest). The text shows at most `RENDERED_RELATIONSHIPS` relationships per focus entity (the
+JSON state has all of them; the manifest says how many were left out). Ordering is deterministic, so the same chronicle state and request give byte-identical
 text and prompt caches keep hitting.
 """
 
@@ -59,6 +60,8 @@ Mode = Literal["full", "chronicle_only"]
 A = TypeVar("A")
 B = TypeVar("B")
 RECENT_EVENTS = 5
+RENDERED_RELATIONSHIPS = 12
+"""At most this many relationships per focus entity in the text (see `_rendered_relationships`)."""
 
 
 class Fact(msgspec.Struct, frozen=True, kw_only=True):
@@ -342,6 +345,18 @@ async def assemble_context(
     timings["supersede"] = _ms(t)
 
     t = time.perf_counter()
+    focus_state_ids = {s.id for s in states}
+    state_views = []
+    for s in states:
+        shown, hidden = _rendered_relationships(s, focus_state_ids)
+        state_views.append(_state_view(s, shown))
+        if hidden:
+            omitted.append(
+                Omitted(section="state", id=s.id, reason=(
+                    f"{hidden} of {len(s.relationships)} relationships of {s.name} not in the text "
+                    "(the weakest, none with another focus entity); all are in the JSON state"
+                ))
+            )  # fmt: skip
     render_base = {
         "query": request.query,
         "mode": mode,
@@ -349,7 +364,7 @@ async def assemble_context(
         "source": state_source.label if state_source is not None else "none",
         "pov": pov_state.name if pov_state is not None else request.pov,
         "focus": [{"id": s.id, "name": s.name, "kind": s.kind} for s in states],
-        "state": [_state_view(s) for s in states],
+        "state": state_views,
     }
     # Keep history by score; render it in chronological order.
     by_score = sorted(history, key=lambda h: (-(h.score or 0.0), h.sequence))
@@ -574,7 +589,28 @@ def _event_keys(event: StoredEvent) -> set[str]:
     return keys
 
 
-def _state_view(state: EntityState) -> dict[str, Any]:
+def _rendered_relationships(state: EntityState, focus_ids: set[str]) -> tuple[list[RelationFact], int]:
+    """The relationships of ``state`` the text shows, in their order, and how many it leaves out.
+
+    A hub (a faction, an innkeeper) can have dozens; listed in full they took most of a
+    1,500-token budget, and since state is pinned, the history that answers the question was
+    cut instead. The text keeps at most ``RENDERED_RELATIONSHIPS``: those with another focus
+    entity first, then the strongest (largest absolute valence), then the most recent.
+    """
+    relations = state.relationships
+    if len(relations) <= RENDERED_RELATIONSHIPS:
+        return list(relations), 0
+
+    def priority(item: tuple[int, RelationFact]) -> tuple[bool, float, int, int]:
+        index, r = item
+        strength = max((abs(v) for v in r.valence.values()), default=0.0)
+        return (r.other_id not in focus_ids, -strength, -(r.sequence or 0), index)
+
+    kept = sorted(index for index, _ in sorted(enumerate(relations), key=priority)[:RENDERED_RELATIONSHIPS])
+    return [relations[i] for i in kept], len(relations) - len(kept)
+
+
+def _state_view(state: EntityState, relationships: Sequence[RelationFact]) -> dict[str, Any]:
     return {
         "name": state.name,
         "kind": state.kind,
@@ -587,7 +623,7 @@ def _state_view(state: EntityState) -> dict[str, Any]:
         "components": {name: fact.value for name, fact in sorted(state.components.items())},
         "relationships": [
             {"other": r.other, "types": list(r.types), "valence": dict(r.valence), "sequence": r.sequence}
-            for r in state.relationships
+            for r in relationships
         ],
     }  # fmt: skip
 

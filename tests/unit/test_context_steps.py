@@ -110,3 +110,33 @@ def test_the_budget_search_finds_what_a_binary_search_finds_from_any_guess(
     assert 0 not in probed  # 0 is the answer when nothing larger fits; it is never rendered
     if 1 <= guess == found < len(steps):
         assert len(probed) == 2  # a right guess: itself, and one more that does not fit
+
+
+def test_a_hubs_relationships_in_the_text_keep_the_focus_pair_and_the_strongest() -> None:
+    from rag.context import RENDERED_RELATIONSHIPS, EntityState, RelationFact, _rendered_relationships
+
+    def relation(n: int, trust: float, other_id: str | None = None) -> RelationFact:
+        return RelationFact(
+            other_id=other_id or f"c-{n}", other=f"Other {n}", direction="outgoing",
+            types=["knows"], valence={"trust": trust}, sequence=n,
+        )  # fmt: skip
+
+    few = EntityState(id="f-wolf", name="the Quiet Wolf", kind="faction",
+                      relationships=[relation(n, 0.1) for n in range(RENDERED_RELATIONSHIPS)])  # fmt: skip
+    assert _rendered_relationships(few, set()) == (list(few.relationships), 0)
+
+    # Thirty relationships: the one with the other focus entity is weak but kept; then the
+    # strongest by absolute valence (a strong distrust counts); ties by the most recent.
+    relations = [relation(n, 0.05) for n in range(30)]
+    relations[3] = relation(3, 0.01, other_id="c-belanion")
+    for n in (7, 11, 20):
+        relations[n] = relation(n, 0.9)
+    relations[25] = relation(25, -0.95)
+    hub = EntityState(id="f-wolf", name="the Quiet Wolf", kind="faction", relationships=relations)
+    shown, hidden = _rendered_relationships(hub, {"f-wolf", "c-belanion"})
+    assert hidden == 30 - RENDERED_RELATIONSHIPS and len(shown) == RENDERED_RELATIONSHIPS
+    kept = [r.sequence for r in shown]
+    assert kept == sorted(kept)  # in their own order
+    assert {3, 7, 11, 20, 25} <= set(kept)
+    # The rest of the places go to the most recent of the equally weak ones.
+    assert set(kept) - {3, 7, 11, 20, 25} == {29, 28, 27, 26, 24, 23, 22}
