@@ -186,6 +186,55 @@ async def test_entity_search_returns_only_events_involving_bram(engine, story) -
     assert as_actor == sorted(as_actor, reverse=True)  # acting before being only mentioned
 
 
+async def test_sources_rank_only_the_newest_candidates_of_a_common_name(engine, story, monkeypatch) -> None:
+    from rag import retrieval
+
+    involving = sorted(
+        (story.sequence_of[i], i) for i, keys in story.entity_keys_of.items() if "bram" in keys
+    )
+    q = RetrievalQuery(tenant_id=story.tenant_id, chronicle_id=story.chronicle_id, entity_keys=["bram"])
+    async with engine.connect() as conn:
+        everything = await entity_search(conn, q, 40)
+        monkeypatch.setattr(retrieval, "CANDIDATE_POOL", 3)
+        pooled = await entity_search(conn, q, 40)
+        # Both names: the newest events with either, and the newest with both, are candidates.
+        both = msgspec.structs.replace(q, entity_keys=["bram", "elara"])
+        pooled_both = await entity_search(conn, both, 40)
+    newest = {i for _, i in involving[-3:]}
+    assert {h.event_id for h in pooled} == newest
+    # Ranked as before, among the candidates.
+    assert [h.event_id for h in pooled] == [h.event_id for h in everything if h.event_id in newest]
+    with_both = sorted(
+        (story.sequence_of[i], i)
+        for i, keys in story.entity_keys_of.items()
+        if {"bram", "elara"} <= set(keys)
+    )
+    with_either = sorted(
+        (story.sequence_of[i], i) for i, keys in story.entity_keys_of.items() if {"bram", "elara"} & set(keys)
+    )
+    assert with_both, "the sample story has events with both"
+    expected = {i for _, i in with_both[-3:]} | {i for _, i in with_either[-3:]}
+    assert {h.event_id for h in pooled_both} == expected
+
+    async with engine.connect() as conn:
+        words = RetrievalQuery(tenant_id=story.tenant_id, chronicle_id=story.chronicle_id, text="salt ledger")
+        monkeypatch.setattr(retrieval, "CANDIDATE_POOL", 40)
+        ranked = await lexical_search(conn, words, 40)
+        monkeypatch.setattr(retrieval, "CANDIDATE_POOL", 2)
+        pooled_words = await lexical_search(conn, words, 40)
+        newest = text(
+            "SELECT id FROM chronicle_events WHERE chronicle_id = :c "
+            "AND search_vector @@ websearch_to_tsquery('english', :q) ORDER BY sequence DESC LIMIT 2"
+        )
+        expected_words = {
+            *(await conn.scalars(newest, {"c": story.chronicle_id, "q": "salt ledger"})),
+            *(await conn.scalars(newest, {"c": story.chronicle_id, "q": "salt or ledger"})),
+        }
+    assert len(ranked) > 4 and 2 <= len(expected_words) <= 4
+    assert {h.event_id for h in pooled_words} == expected_words
+    assert [h.event_id for h in pooled_words] == [h.event_id for h in ranked if h.event_id in expected_words]
+
+
 # --------------------------------------------------------------------------------------------------
 # Filters and isolation
 # --------------------------------------------------------------------------------------------------
