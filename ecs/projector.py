@@ -88,6 +88,10 @@ class ProjectorStats(msgspec.Struct):
     events_applied: int = 0
     batches: int = 0
     failures: int = 0
+    restores: int = 0
+    """States rebuilt from the snapshot and the events after it."""
+    fast_forwards: int = 0
+    """States in memory brought up to another process's checkpoint by replaying the gap."""
     last_error: str | None = None
     last_error_at: float | None = None
     running: bool = False
@@ -102,6 +106,9 @@ class _CachedState(msgspec.Struct):
 
 
 _REPLAY_PAGE = 5_000
+FAST_FORWARD_MAX_EVENTS = 2_000
+"""A state in memory at most this far behind the checkpoint is brought up by replaying the gap
+(see `Projector._fast_forward`); farther, the snapshot is restored."""
 
 MAX_CACHED_STATES = 32
 """World states a projector keeps in memory between batches (one per chronicle)."""
@@ -187,8 +194,9 @@ class Projector:
                 checkpoint.last_sequence,
                 checkpoint.state_hash,
             ):
-                # Another worker moved the checkpoint, a batch failed, or this worker is new.
-                cached = await self._restore(conn, checkpoint)
+                # Another process moved the checkpoint, a batch failed, or this worker is new.
+                forwarded = None if cached is None else await self._fast_forward(cached, checkpoint)
+                cached = forwarded if forwarded is not None else await self._restore(conn, checkpoint)
             if not stored:
                 self._keep(chronicle_id, cached)
                 return ProjectionStep(chronicle_id, 0, checkpoint.last_sequence, claimed=True)
@@ -242,8 +250,43 @@ class Projector:
         """Still working one event at a time through a failed batch."""
         return step.applied > 0 and self._isolate_until.get(step.chronicle_id, 0) > step.last_sequence
 
+    async def _fast_forward(self, cached: _CachedState, checkpoint: Checkpoint) -> _CachedState | None:
+        """The state in memory, brought up to a checkpoint another process moved ahead, by replaying
+        the events in between; None when the gap is too long or the replay does not end at the
+        checkpoint's hash (the state in memory is then unusable, and the caller restores).
+
+        A service that catches a chronicle up before answering (read-your-writes) and a worker
+        take turns on the same chronicle; restoring from the snapshot each time meant replaying up
+        to `snapshot_every` events, on every turn, in both processes.
+        """
+        gap = checkpoint.last_sequence - cached.last_sequence
+        if gap <= 0 or gap > FAST_FORWARD_MAX_EVENTS:
+            return None
+        chronicle_id = checkpoint.chronicle_id
+        state, running_hash, position = cached.state, cached.state_hash, cached.last_sequence
+        async with self.chronicle_engine.connect() as chronicle_conn:
+            while position < checkpoint.last_sequence:
+                events = await list_events(
+                    chronicle_conn, checkpoint.tenant_id, chronicle_id, EventFilters(),
+                    after_sequence=position, limit=min(_REPLAY_PAGE, checkpoint.last_sequence - position),
+                )  # fmt: skip
+                if not events:
+                    return None
+                for event in events:
+                    running_hash = chain_hash(running_hash, self.reducer(state, to_chronicle_event(event)))
+                position = events[-1].sequence
+        if running_hash != checkpoint.state_hash:
+            log.warning(
+                "chronicle %s: replaying %d events in memory did not reach the checkpoint's hash; restoring",
+                chronicle_id, gap,
+            )  # fmt: skip
+            return None
+        self.stats.fast_forwards += 1
+        return _CachedState(checkpoint.last_sequence, running_hash, state, cached.snapshot_sequence)
+
     async def _restore(self, conn: Any, checkpoint: Checkpoint) -> _CachedState:
         """The state at the checkpoint: the stored snapshot, then the events after it replayed."""
+        self.stats.restores += 1
         chronicle_id = checkpoint.chronicle_id
         blob = await read_snapshot(conn, chronicle_id)
         state = decode_state(blob) if blob else WorldState(chronicle_id=str(chronicle_id))

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.cli import load_sample_story
+from ecs import projector as projector_module
 from ecs.maintenance import rebuild_chronicle, verify_chronicle
 from ecs.projector import Projector, replay_stored
 from ecs.queries import (
@@ -148,7 +149,9 @@ async def test_concurrent_projectors_never_double_apply(engine) -> None:
     assert result is not None and result.ok
 
 
-async def test_snapshots_are_written_every_so_many_events_and_a_new_worker_restores_from_one(engine) -> None:
+async def test_snapshots_are_written_every_so_many_events_and_a_new_worker_restores_from_one(
+    engine, monkeypatch
+) -> None:
     tenant_id, chronicle_id = await new_chronicle(engine)
     story = load_sample_story()
     await ingest(engine, tenant_id, chronicle_id, story[:25])
@@ -169,16 +172,30 @@ async def test_snapshots_are_written_every_so_many_events_and_a_new_worker_resto
     assert result is not None and result.ok and result.checkpoint_sequence == 40
     async with engine.connect() as conn:
         assert decode_state(await read_snapshot(conn, chronicle_id)).last_sequence == 29
-    # the first worker's state in memory is stale now: it must notice and restore, not reuse it
+    # the first worker's state in memory is stale now: it must notice, and bring it up by replaying
+    # the 15 events the second worker applied (checked against the checkpoint's hash), not reuse it
     await ingest(
         engine,
         tenant_id,
         chronicle_id,
         [EventIn(summary="Bram's ghost walks to the Old Mill.", actors=["Bram"], location="Old Mill")],
     )
+    restores = first.stats.restores
     assert await first.catch_up(chronicle_id) == 1
+    assert (first.stats.fast_forwards, first.stats.restores) == (1, restores)
     result = await verify_chronicle(engine, engine, chronicle_id)
     assert result is not None and result.ok and result.checkpoint_sequence == 41
+
+    # the second worker is behind by one event; with fast-forwarding switched off it restores
+    await ingest(
+        engine, tenant_id, chronicle_id, [EventIn(summary="Maud sweeps the Old Mill.", actors=["Maud"])]
+    )
+    monkeypatch.setattr(projector_module, "FAST_FORWARD_MAX_EVENTS", 0)
+    restores = second.stats.restores
+    assert await second.catch_up(chronicle_id) == 1
+    assert (second.stats.fast_forwards, second.stats.restores) == (0, restores + 1)
+    result = await verify_chronicle(engine, engine, chronicle_id)
+    assert result is not None and result.ok and result.checkpoint_sequence == 42
 
 
 async def test_verify_reports_tampering_and_rebuild_repairs_it(engine) -> None:
