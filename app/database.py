@@ -49,8 +49,12 @@ def create_engine(url: str, *, timeout_ms: int, pool_size: int) -> AsyncEngine:
         # event; msgspec is several times faster than the standard json module SQLAlchemy uses.
         json_serializer=_encode_json,
         json_deserializer=msgspec.json.decode,
+        # Kept connections, sized for the busiest steady load: a context request holds two or
+        # three at once, and an overflow connection is closed on return, so eight clients on a
+        # pool of 10 opened and closed PostgreSQL backends all the time (fork, catalog caches,
+        # every statement prepared again): 37 requests/s against 44 with 20 at 100,000 events.
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=max(1, pool_size // 2),
         # No pre-ping: SQLAlchemy's asyncpg ping is BEGIN + ";" + ROLLBACK, three round trips on
         # every checkout, and a request checks out several times. A connection found dead during
         # a query invalidates the whole pool instead (the request gets a 503 and the next one

@@ -52,7 +52,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """json or text; empty: json for `lore serve` (log pipelines), text for other commands."""
     db_timeout_ms: int = 5_000
     """Statement and connect timeout; an outage answers 503 after this, never hangs."""
-    db_pool_size: int = 10
+    db_pool_size: int = 20
     max_request_bytes: int = 16 * 1024 * 1024
     run_projector: bool = True
     """Run the ECS projector inside the service (off when dedicated `lore worker`s do it)."""
@@ -142,7 +142,7 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         log_level=log_level,
         log_format=_choice(get, "LORE_LOG_FORMAT", "", ("json", "text", "")),
         db_timeout_ms=_int(get, "LORE_DB_TIMEOUT_MS", 5_000, 100, 600_000) or 5_000,
-        db_pool_size=_int(get, "LORE_DB_POOL_SIZE", 10, 1, 500) or 10,
+        db_pool_size=_int(get, "LORE_DB_POOL_SIZE", 20, 1, 500) or 20,
         max_request_bytes=_int(get, "LORE_MAX_REQUEST_BYTES", 16 * 1024 * 1024, 1024, 1 << 30) or 0,
         run_projector=parse_bool("LORE_RUN_PROJECTOR", get("LORE_RUN_PROJECTOR"), True),
         projector_batch_size=_int(get, "LORE_PROJECTOR_BATCH_SIZE", 1_000, 1, 100_000) or 1_000,

@@ -23,8 +23,11 @@
    at 2/3 Valkey is stopped (EmbeddedValkey.stop), left down VALKEY_DOWN_S, and started again on
    the same port (time until the relay publishes again, client errors in the window).
 5. Every SAMPLE_S: RSS of the service, the current worker and Valkey, projection lag, pending outbox
-   rows, and the CPU share used by other work on the machine. A least-squares line over the second
-   half of the run gives each process's RSS trend in MB per minute (a leak shows as a steady slope).
+   rows, and the CPU share used by other work on the machine. A least-squares line gives each
+   process's RSS trend in MB per minute (a leak shows as a steady slope), over the second half of
+   the run and over the stretch after the last fault; the no-leak check uses the latter when it
+   covers a quarter of the run (a fault leaves a one-off step that a line across it reads as a
+   slope), else the former.
 6. Then, bounded by --drain-timeout: wait for projection lag 0 and no pending outbox row, and verify
    - every acknowledged external_id is stored exactly once (SQL on chronicle_events), sequences
      are gap-free, and nothing unexpected was stored;
@@ -996,7 +999,7 @@ class LoadRun:
                 after = self.faults["valkey_restart"]["at_s"] + self.faults["valkey_restart"]["down_s"]
                 points = [p for p in points if p[0] >= after]
             trends[name] = linear_trend(points)
-        # Diagnostic, not gated: the stretch after the last fault's client window, free of fault
+        # The stretch after the last fault's client window, free of fault
         # steps (error paths and reconnections may add a one-off step that a fit reads as a slope).
         quiet_from = ((self.faults.get("valkey_restart") or {}).get("window_s") or [0.0, self.duration])[1]
         after_faults = {
@@ -1013,12 +1016,22 @@ class LoadRun:
                 trends["serve"]["slope_mb_per_min"] * 1024 / (served / minutes), 2
             )
         limit = self.args.max_rss_slope
-        checked = {name: trends[name] for name in ("serve", "worker") if trends[name] is not None}
+        # A fault leaves a one-off step (reconnections, error paths, buffers); fitted across it, a
+        # flat line afterwards reads as a slope. So the gate takes the stretch after the last
+        # fault when it is long enough to show a trend (a quarter of the run), else the second half.
+        quiet_long_enough = self.duration - quiet_from >= self.duration / 4
+        gated, window = (
+            (after_faults, "after the last fault")
+            if quiet_long_enough
+            else (trends, "second half of the load phase")
+        )
+        checked = {name: gated[name] for name in ("serve", "worker") if gated.get(name) is not None}
         return {
             "samples": self.samples,
             "trend_window": "second half of the load phase",
             "trends": trends,
             "trends_after_last_fault": after_faults,
+            "gated_window": window,
             "max_slope_mb_per_min": limit,
             "no_growth_trend": bool(checked) and all(t["slope_mb_per_min"] <= limit for t in checked.values()),
             "peak_mb": {k: max((s[k] for s in self.samples if s.get(k) is not None), default=None)
@@ -1073,10 +1086,12 @@ def summary(report: dict[str, Any]) -> str:
             lines.append(f"RSS {name}: {trend['first_mb']} -> {trend['last_mb']} MB over {trend['from_s']:.0f}-"
                          f"{trend['to_s']:.0f} s, trend {trend['slope_mb_per_min']:+} MB/min (r² {trend['r2']})"
                          + (f", {trend['kb_per_ok_request']:+} KB per request" if "kb_per_ok_request" in trend else ""))  # fmt: skip
+    gated_after_faults = memory.get("gated_window") == "after the last fault"
     for name, trend in memory.get("trends_after_last_fault", {}).items():
         if trend:
-            lines.append(f"RSS {name} after the last fault ({trend['from_s']:.0f}-{trend['to_s']:.0f} s, not "
-                         f"gated): {trend['slope_mb_per_min']:+} MB/min")  # fmt: skip
+            lines.append(f"RSS {name} after the last fault ({trend['from_s']:.0f}-{trend['to_s']:.0f} s, "
+                         f"{'gated' if gated_after_faults else 'not gated'}): "
+                         f"{trend['slope_mb_per_min']:+} MB/min")  # fmt: skip
     if verification:
         ev, ecs, relay = verification["events"], verification["ecs_verify"], verification["relay"]
         lines.append(f"events: {ev['acknowledged']} acknowledged, {ev['stored']} stored, missing {ev['missing']}, "

@@ -45,7 +45,7 @@ def test_defaults_with_empty_environ() -> None:
     assert settings.port == 8000
     assert settings.log_level == "INFO"
     assert settings.db_timeout_ms == 5_000
-    assert settings.db_pool_size == 10
+    assert settings.db_pool_size == 20
     assert settings.max_request_bytes == 16 * 1024 * 1024
 
 
