@@ -262,23 +262,12 @@ class Projector:
         gap = checkpoint.last_sequence - cached.last_sequence
         if gap <= 0 or gap > FAST_FORWARD_MAX_EVENTS:
             return None
-        chronicle_id = checkpoint.chronicle_id
-        state, running_hash, position = cached.state, cached.state_hash, cached.last_sequence
-        async with self.chronicle_engine.connect() as chronicle_conn:
-            while position < checkpoint.last_sequence:
-                events = await list_events(
-                    chronicle_conn, checkpoint.tenant_id, chronicle_id, EventFilters(),
-                    after_sequence=position, limit=min(_REPLAY_PAGE, checkpoint.last_sequence - position),
-                )  # fmt: skip
-                if not events:
-                    return None
-                for event in events:
-                    running_hash = chain_hash(running_hash, self.reducer(state, to_chronicle_event(event)))
-                position = events[-1].sequence
+        state = cached.state
+        running_hash = await self._replay(checkpoint, state, cached.last_sequence, cached.state_hash)
         if running_hash != checkpoint.state_hash:
             log.warning(
                 "chronicle %s: replaying %d events in memory did not reach the checkpoint's hash; restoring",
-                chronicle_id, gap,
+                checkpoint.chronicle_id, gap,
             )  # fmt: skip
             return None
         self.stats.fast_forwards += 1
@@ -294,22 +283,32 @@ class Projector:
             # The checkpoint was reset behind its snapshot (an operator's reset): start over.
             state = WorldState(chronicle_id=str(chronicle_id))
         snapshot_sequence = state.last_sequence or 0
-        position = snapshot_sequence
+        # The snapshot's own hash is not stored: the replay's is not checked, the checkpoint's is
+        # taken as it is (a rebuild or a verify compares the state with a full replay).
+        if await self._replay(checkpoint, state, snapshot_sequence, checkpoint.state_hash) is None:
+            raise RuntimeError(
+                f"chronicle {chronicle_id} lacks events between {snapshot_sequence} and its checkpoint "
+                f"at {checkpoint.last_sequence}"
+            )
+        return _CachedState(checkpoint.last_sequence, checkpoint.state_hash, state, snapshot_sequence)
+
+    async def _replay(
+        self, checkpoint: Checkpoint, state: WorldState, position: int, running_hash: str
+    ) -> str | None:
+        """Apply the events after ``position`` up to the checkpoint to ``state``; the hash chained
+        from ``running_hash`` through their changes, or None when some of them are missing."""
         async with self.chronicle_engine.connect() as chronicle_conn:
             while position < checkpoint.last_sequence:
                 events = await list_events(
-                    chronicle_conn, checkpoint.tenant_id, chronicle_id, EventFilters(),
+                    chronicle_conn, checkpoint.tenant_id, checkpoint.chronicle_id, EventFilters(),
                     after_sequence=position, limit=min(_REPLAY_PAGE, checkpoint.last_sequence - position),
                 )  # fmt: skip
                 if not events:
-                    raise RuntimeError(
-                        f"chronicle {chronicle_id} has no events after {position}, "
-                        f"but its checkpoint is at {checkpoint.last_sequence}"
-                    )
+                    return None
                 for event in events:
-                    self.reducer(state, to_chronicle_event(event))
+                    running_hash = chain_hash(running_hash, self.reducer(state, to_chronicle_event(event)))
                 position = events[-1].sequence
-        return _CachedState(checkpoint.last_sequence, checkpoint.state_hash, state, snapshot_sequence)
+        return running_hash
 
     async def _record_failure(
         self, chronicle_id: uuid.UUID, attempts: int, sequence: int, error: Exception
