@@ -283,9 +283,9 @@ class Projector:
             # The checkpoint was reset behind its snapshot (an operator's reset): start over.
             state = WorldState(chronicle_id=str(chronicle_id))
         snapshot_sequence = state.last_sequence or 0
-        # The snapshot's own hash is not stored: the replay's is not checked, the checkpoint's is
-        # taken as it is (a rebuild or a verify compares the state with a full replay).
-        if await self._replay(checkpoint, state, snapshot_sequence, checkpoint.state_hash) is None:
+        # The snapshot's own hash is not stored, so the replay is not hashed: the checkpoint's hash
+        # is taken as it is (a rebuild or a verify compares the state with a full replay).
+        if await self._replay(checkpoint, state, snapshot_sequence, None) is None:
             raise RuntimeError(
                 f"chronicle {chronicle_id} lacks events between {snapshot_sequence} and its checkpoint "
                 f"at {checkpoint.last_sequence}"
@@ -293,10 +293,11 @@ class Projector:
         return _CachedState(checkpoint.last_sequence, checkpoint.state_hash, state, snapshot_sequence)
 
     async def _replay(
-        self, checkpoint: Checkpoint, state: WorldState, position: int, running_hash: str
+        self, checkpoint: Checkpoint, state: WorldState, position: int, running_hash: str | None
     ) -> str | None:
         """Apply the events after ``position`` up to the checkpoint to ``state``; the hash chained
-        from ``running_hash`` through their changes, or None when some of them are missing."""
+        from ``running_hash`` through their changes ("" when not asked for one), or None when some
+        of them are missing."""
         async with self.chronicle_engine.connect() as chronicle_conn:
             while position < checkpoint.last_sequence:
                 events = await list_events(
@@ -306,9 +307,11 @@ class Projector:
                 if not events:
                     return None
                 for event in events:
-                    running_hash = chain_hash(running_hash, self.reducer(state, to_chronicle_event(event)))
+                    changes = self.reducer(state, to_chronicle_event(event))
+                    if running_hash is not None:
+                        running_hash = chain_hash(running_hash, changes)
                 position = events[-1].sequence
-        return running_hash
+        return "" if running_hash is None else running_hash
 
     async def _record_failure(
         self, chronicle_id: uuid.UUID, attempts: int, sequence: int, error: Exception

@@ -9,8 +9,8 @@ Budget: the rendered text is counted with the chosen token counter, and the bund
 it fits: history is cut first (lowest score first), then the recent events (oldest first); pinned
 state is never dropped, and only if it alone exceeds the budget is the text truncated (said in the
 manifest). The text shows at most `RENDERED_RELATIONSHIPS` relationships per focus entity (the
-JSON state has all of them; the manifest says how many were left out). Ordering is deterministic, so the same chronicle state and request give byte-identical
-text and prompt caches keep hitting.
+JSON state has all of them; the manifest says how many were left out). Ordering is deterministic,
+so the same chronicle state and request give byte-identical text and prompt caches keep hitting.
 """
 
 from __future__ import annotations

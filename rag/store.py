@@ -10,7 +10,7 @@ import datetime as dt
 import operator
 import struct
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -236,7 +236,7 @@ async def append_events(
     tenant_id: uuid.UUID,
     chronicle_id: uuid.UUID,
     events: Sequence[EventIn],
-    embeddings: dict[int, list[float] | None],
+    embeddings: Mapping[int, list[float] | None],
 ) -> list[IngestedEvent] | None:
     """Append a batch; returns one result per input event, in input order, or None if no chronicle.
 
