@@ -282,7 +282,13 @@ async def test_filtered_vector_search_returns_k_rows_with_iterative_scan(engine,
     assert all(h.event_id in story.sequence_of for h in relaxed)
     assert relaxed[0].event_id == story.by_external["salt-road-015"]
     strict = await search("strict_order", force_hnsw=True)
-    assert {h.event_id for h in strict} == {h.event_id for h in relaxed}
+    assert len(strict) == 10
+    assert all(h.event_id in story.sequence_of for h in strict)
+    # strict_order promises rows in exact distance order; which rows sit at the edge of the top 10
+    # is approximate in both modes (CI once saw the 10th differ), so the sets are compared by recall.
+    assert [h.score for h in strict] == sorted((h.score for h in strict), reverse=True)
+    assert strict[0].event_id == relaxed[0].event_id
+    assert len({h.event_id for h in strict} & {h.event_id for h in relaxed}) >= 8
     # Without the iterative scan the index returns its ef_search nearest rows, all of them the
     # other tenant's, and the filter leaves (observed) none.
     assert len(await search("off", force_hnsw=True)) < 10
