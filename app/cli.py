@@ -176,6 +176,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             port=settings.port,
             log_level=settings.log_level.lower(),
             access_log=False,
+            # "auto" picks uvloop and httptools (dependencies) and falls back to asyncio and h11
+            # where they do not build; the event loop thread is what saturates under load.
+            loop="auto",
+            http="auto",
             # Our handlers (JSON for serve) stay in charge: uvicorn's default dictConfig would
             # otherwise reconfigure logging after start-up and its lines would come out as text.
             log_config=None,

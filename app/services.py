@@ -25,7 +25,7 @@ from ecs.projector import Projector
 from ecs.relay import OutboxRelay
 from ecs.repository import read_checkpoint
 from ecs.state_source import KnownNamesCache
-from rag.embedding import Embedder, LocalMiniLMEmbedder, create_embedder
+from rag.embedding import CoalescingQueries, Embedder, LocalMiniLMEmbedder, create_embedder
 from rag.store import claim_embedding_space
 from rag.templates import TemplateRegistry
 from rag.tokens import get_counter
@@ -82,6 +82,7 @@ class Services:
         # Questions of context requests are embedded on a thread of their own, so that one never
         # waits behind an ingest batch (see `build_query_embedder` for the model it uses).
         self._query_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-query")
+        self.query_runs = CoalescingQueries(self.query_embedder.embed, self._query_pool)
         self.redis = (
             Redis.from_url(endpoints.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
             if (endpoints.redis_url)
@@ -159,10 +160,9 @@ class Services:
         return await asyncio.get_running_loop().run_in_executor(self._embed_pool, self.embedder.embed, texts)
 
     async def embed_query(self, texts: list[str]) -> list[list[float]]:
-        """Embed a context request's question off the event loop, with the query embedder."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._query_pool, self.query_embedder.embed, texts
-        )
+        """Embed a context request's question off the event loop, with the query embedder;
+        questions of concurrent requests share model runs."""
+        return await self.query_runs(texts)
 
     async def aclose(self) -> None:
         for task in list(self._catch_ups.values()):

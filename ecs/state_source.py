@@ -40,7 +40,7 @@ from rag.context import EntityState, Fact, RelationFact
 from rag.events import normalize_name
 from rag.query_analysis import KnownEntity
 from rag.schema import chronicle_events
-from rag.store import events_at, events_up_to
+from rag.store import events_at, events_up_to, without_transaction
 
 __all__ = [
     "ChronicleReplayStateSource",
@@ -171,7 +171,7 @@ class EcsStateSource:
         """The chronicle's checkpoint (without its snapshot), read once per source: the staleness
         check, the known names and the position of one request all look at the same one."""
         if not self._checkpoint_read:
-            async with self.ecs_engine.connect() as conn:
+            async with without_transaction(self.ecs_engine).connect() as conn:
                 self._checkpoint = await read_checkpoint(conn, self.chronicle_id)
             self._checkpoint_read = True
         return self._checkpoint
@@ -186,7 +186,7 @@ class EcsStateSource:
             cached = self.names.get(self.chronicle_id, version)
             if cached is not None:
                 return cached
-        async with self.ecs_engine.connect() as conn:
+        async with without_transaction(self.ecs_engine).connect() as conn:
             rows = await conn.execute(
                 select(ecs_entities.c.id, ecs_entities.c.name, ecs_entities.c.aliases, ecs_entities.c.kind)
                 .where(
@@ -218,7 +218,7 @@ class EcsStateSource:
         if as_of_sequence is not None and as_of_sequence < (position or 0):
             return await self.replayed(entity_ids, as_of_sequence)
         wanted = [uuid.UUID(raw_id) for raw_id in entity_ids]
-        async with self.ecs_engine.connect() as conn:
+        async with without_transaction(self.ecs_engine).connect() as conn:
             if self.cache is not None:
                 found = await asyncio.gather(*(self.cache.get(self.tenant_id, i) for i in wanted))
             else:

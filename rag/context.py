@@ -35,6 +35,7 @@ from rag.retrieval import (
     RetrievedEvent,
     Searched,
     Source,
+    prepare_search,
     retrieve,
     search_source,
     sources_for_mode,
@@ -280,6 +281,7 @@ async def assemble_context(
 
         try:
             async with engine.begin() as conn:
+                await prepare_search(conn, preset)
 
                 async def without_vector() -> tuple[
                     dict[Source, Searched], list[StoredEvent], set[int] | None
@@ -306,7 +308,10 @@ async def assemble_context(
                     searched["vector"] = vector_hits
                 else:
                     searched, recent_rows, witnessed = await without_vector()
-                result = await retrieve(conn, await with_vector(), preset, searched=searched)
+                result = await retrieve(
+                    conn, await with_vector(), preset, searched=searched,
+                    chronicle_sequence=chronicle_sequence,
+                )  # fmt: skip
         finally:
             if pending is not None and not pending.done():
                 pending.cancel()  # the search failed or was cancelled; a memoized embedding goes on

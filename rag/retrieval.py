@@ -18,10 +18,11 @@ as-of / point-of-view / exclusion filters):
 :class:`rag.presets.RetrievalPreset`.
 
 Like ``rag.store``, functions take an ``AsyncConnection`` and never commit; every query filters by
-tenant id and chronicle id. The vector search sets its index parameters with ``set_config(...,
-is_local => true)`` inside a savepoint that it rolls back afterwards, so the settings apply to
-that one query only; the connection must therefore be transactional (the SQLAlchemy default,
-``engine.connect()`` or ``engine.begin()``; not an AUTOCOMMIT connection).
+tenant id and chronicle id. The searches set their planner and index parameters with
+``set_config(..., is_local => true)``: they hold until the end of the caller's transaction (one
+statement per transaction, repeated only when a search needs other values), so the connection
+must be transactional (the SQLAlchemy default, ``engine.connect()`` or ``engine.begin()``; not an
+AUTOCOMMIT connection). :func:`prepare_search` sets them all at once for a preset.
 
 Everything is deterministic: equal scores are ordered by sequence, newest first, then by id.
 """
@@ -93,6 +94,8 @@ __all__ = [
 
 Source = Literal["vector", "lexical", "entity"]
 IterativeScan = Literal["off", "relaxed_order", "strict_order"]
+HnswSettings = tuple[int, IterativeScan, int]
+"""ef_search, iterative_scan, max_scan_tuples."""
 
 SOURCE_ORDER: Final[tuple[Source, ...]] = ("vector", "lexical", "entity")
 ALL_SOURCES: Final[frozenset[Source]] = frozenset(SOURCE_ORDER)
@@ -275,17 +278,47 @@ condition, see `_newest`); chronicles with fewer matches are ranked in full, exa
 
 # Planned for the words and names at hand, not once for all: a generic plan cannot tell a rare
 # name (a few rows, found on the GIN index) from a main character (a tenth of the chronicle, whose
-# newest matches are quickest found walking the sequence index backwards). Transaction-local.
-_CUSTOM_PLANS: Final = select(func.set_config("plan_cache_mode", "force_custom_plan", True))
+# newest matches are quickest found walking the sequence index backwards). The HNSW parameters go
+# in the same statement: one round trip per transaction instead of one per search (plus, before,
+# a savepoint and its rollback around every vector search). All transaction-local.
+_SEARCH_SETTINGS: Final = select(
+    func.set_config("plan_cache_mode", "force_custom_plan", True),
+    func.set_config("hnsw.ef_search", bindparam("ef_search", type_=String), True),
+    func.set_config("hnsw.iterative_scan", bindparam("iterative_scan", type_=String), True),
+    func.set_config("hnsw.max_scan_tuples", bindparam("max_scan_tuples", type_=String), True),
+)
+# pgvector's own defaults, for a transaction whose first search is not a vector search.
+_DEFAULT_HNSW: Final[HnswSettings] = (40, "off", 20_000)
 
 
-async def _plan_for_these_values(conn: AsyncConnection) -> None:
-    """Custom plans for the rest of ``conn``'s transaction (set once per transaction)."""
+async def _settle(conn: AsyncConnection, hnsw: HnswSettings | None) -> None:
+    """Custom plans and (``hnsw`` given) these HNSW parameters for the rest of ``conn``'s transaction.
+
+    What was set is remembered per transaction in ``conn.info``, so a transaction's later
+    searches cost no statement unless they need other HNSW values. (A savepoint rolled back
+    after a search would undo the settings behind this record's back; the searches here take no
+    savepoints.)
+    """
     transaction = conn.get_transaction()
-    if transaction is not None and conn.info.get("custom_plans_in") is transaction:
+    applied: tuple[Any, HnswSettings] | None = conn.info.get("search_settings")
+    current = None
+    if applied is not None and transaction is not None and applied[0] is transaction:
+        current = applied[1]
+    if current is not None and (hnsw is None or hnsw == current):
         return
-    await conn.execute(_CUSTOM_PLANS)
-    conn.info["custom_plans_in"] = conn.get_transaction()
+    values = hnsw or current or _DEFAULT_HNSW
+    ef_search, iterative_scan, max_scan_tuples = values
+    await conn.execute(
+        _SEARCH_SETTINGS,
+        {"ef_search": str(ef_search), "iterative_scan": iterative_scan,
+         "max_scan_tuples": str(max_scan_tuples)},  # fmt: skip
+    )
+    conn.info["search_settings"] = (conn.get_transaction(), values)
+
+
+async def prepare_search(conn: AsyncConnection, preset: RetrievalPreset) -> None:
+    """Set up ``conn``'s transaction for every source of ``preset`` in one statement."""
+    await _settle(conn, (preset.ef_search, "relaxed_order", preset.max_scan_tuples))
 
 
 @functools.cache
@@ -306,13 +339,6 @@ def vector_statement(q: RetrievalQuery, k: int) -> Select[Any]:
     return _vector_select(_shape(q)).params(query_vector=q.query_vector, k=k, **_filter_params(q))
 
 
-_HNSW_SETTINGS: Final = select(
-    func.set_config("hnsw.ef_search", bindparam("ef_search", type_=String), True),
-    func.set_config("hnsw.iterative_scan", bindparam("iterative_scan", type_=String), True),
-    func.set_config("hnsw.max_scan_tuples", bindparam("max_scan_tuples", type_=String), True),
-)
-
-
 async def vector_search(
     conn: AsyncConnection,
     q: RetrievalQuery,
@@ -324,29 +350,18 @@ async def vector_search(
 ) -> list[Hit]:
     """The k events nearest to ``q.query_vector`` by cosine distance; [] without a vector.
 
-    The HNSW parameters are set with ``set_config(..., true)`` (bound parameters, transaction
-    local) inside a savepoint that is rolled back afterwards, so they never leak into the rest of
-    the caller's transaction. ``relaxed_order`` may return rows slightly out of distance order,
-    so the rows are re-sorted here (distance, then newest sequence, then id). Whether the planner
-    uses the HNSW index at all is its choice: for a small chronicle an exact scan of the
-    chronicle's rows through the (tenant_id, chronicle_id) btree is usually cheaper, and exact.
+    The HNSW parameters are set with ``set_config(..., true)`` (bound parameters) and hold until
+    the end of the caller's transaction, never beyond it (see :func:`_settle`). ``relaxed_order``
+    may return rows slightly out of distance order, so the rows are re-sorted here (distance,
+    then newest sequence, then id). Whether the planner uses the HNSW index at all is its choice:
+    for a small chronicle an exact scan of the chronicle's rows through the (tenant_id,
+    chronicle_id) btree is usually cheaper, and exact.
     """
     if q.query_vector is None or k < 1:
         return []
-    savepoint = await conn.begin_nested()
-    try:
-        await conn.execute(
-            _HNSW_SETTINGS,
-            {
-                "ef_search": str(ef_search),
-                "iterative_scan": iterative_scan,
-                "max_scan_tuples": str(max_scan_tuples),
-            },
-        )
-        params = {"query_vector": q.query_vector, "k": k, **_filter_params(q)}
-        rows = (await conn.execute(_vector_select(_shape(q)), params)).all()
-    finally:
-        await savepoint.rollback()
+    await _settle(conn, (ef_search, iterative_scan, max_scan_tuples))
+    params = {"query_vector": q.query_vector, "k": k, **_filter_params(q)}
+    rows = (await conn.execute(_vector_select(_shape(q)), params)).all()
     ordered = sorted(rows, key=lambda r: (float(r.distance), -int(r.sequence), r.id))
     return [
         Hit(event_id=r.id, sequence=r.sequence, source="vector", rank=i, score=1.0 - float(r.distance))
@@ -415,7 +430,7 @@ async def lexical_search(conn: AsyncConnection, q: RetrievalQuery, k: int) -> li
     strict_text, relaxed_text = terms
     params = {"strict_text": strict_text, "relaxed_text": relaxed_text, "k": k, "pool": CANDIDATE_POOL,
               **_filter_params(q)}  # fmt: skip
-    await _plan_for_these_values(conn)
+    await _settle(conn, None)
     rows = (await conn.execute(_lexical_select(_shape(q)), params)).all()
     return [
         Hit(event_id=r.id, sequence=r.sequence, source="lexical", rank=i, score=float(r.rank))
@@ -472,7 +487,7 @@ async def entity_search(conn: AsyncConnection, q: RetrievalQuery, k: int) -> lis
         return []
     params: dict[str, Any] = {"keys": keys, "k": k, "pool": CANDIDATE_POOL, **_filter_params(q)}
     params.update({f"key_{i}": [key] for i, key in enumerate(keys)})
-    await _plan_for_these_values(conn)
+    await _settle(conn, None)
     rows = (await conn.execute(_entity_select(_shape(q), len(keys)), params)).all()
     wanted = set(keys)
     return [
@@ -681,25 +696,32 @@ async def retrieve(
     preset: RetrievalPreset,
     *,
     searched: Mapping[Source, Searched] | None = None,
+    chronicle_sequence: int | None = None,
 ) -> RetrievalResult | None:
     """Run the sources, fuse, load the best ``rerank_pool`` events, collapse, return ``top_k``.
 
     None when the chronicle does not exist for this tenant. The sources run one after the other
     on ``conn``, except those in ``searched``: results of :func:`search_source` for the same query
     and preset that the caller already has (a context request runs the sources that need no query
-    vector while the question is still being embedded). ``timings_ms`` has one entry per stage
-    (``chronicle``, each source run, ``fuse``, ``load``, ``collapse``) and ``total``.
+    vector while the question is still being embedded). ``chronicle_sequence``: the chronicle's
+    last sequence as the caller has just read it (so it exists); otherwise it is read here.
+    ``timings_ms`` has one entry per stage (``chronicle``, each source run, ``fuse``, ``load``,
+    ``collapse``) and ``total``.
     """
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    head = await conn.scalar(_HEAD, {"chronicle_id": q.chronicle_id, "tenant_id": q.tenant_id})
+    head = chronicle_sequence
+    if head is None:
+        head = await conn.scalar(_HEAD, {"chronicle_id": q.chronicle_id, "tenant_id": q.tenant_id})
     timings["chronicle"] = _ms(t)
     if head is None:
         return None
     max_sequence = int(head) if q.as_of_sequence is None else min(int(head), q.as_of_sequence)
 
+    if any(source not in (searched or {}) for source in q.sources):
+        await prepare_search(conn, preset)
     hit_lists: dict[str, list[Hit]] = {}
     for source in SOURCE_ORDER:
         if source not in q.sources:

@@ -10,6 +10,7 @@ import datetime as dt
 import operator
 import struct
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -18,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import String, and_, any_, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from rag.events import EventIn, effect_entities, normalize_name
 from rag.schema import chronicle_events, chronicles, embedding_spaces
@@ -190,6 +191,23 @@ async def create_chronicle(
         )
     ).one()
     return ChronicleRow(*row)
+
+
+_AUTOCOMMIT_VIEWS: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
+
+
+def without_transaction(engine: AsyncEngine) -> AsyncEngine:
+    """``engine`` (same pool) with connections that run each statement in its own transaction.
+
+    For reads: under READ COMMITTED every statement sees its own snapshot whether or not the
+    reads share a transaction, so nothing is lost; what is saved is a BEGIN and a ROLLBACK round
+    trip around them (two of a context request's dozen or so statements, each time). Not for
+    writes, nor for ``set_config(..., true)``, which lasts only as long as a transaction.
+    """
+    view = _AUTOCOMMIT_VIEWS.get(engine)
+    if view is None:
+        view = _AUTOCOMMIT_VIEWS[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return view
 
 
 async def get_chronicle(

@@ -24,7 +24,7 @@ from ecs.guard import GuardedEcsSource, check_staleness, is_ecs_failure
 from ecs.state_source import ChronicleReplayStateSource, EcsStateSource
 from rag.context import Bundle, ContextRequest, StateSource, assemble_context, needs_query_vector
 from rag.presets import PRESETS, get_preset
-from rag.store import ChronicleRow, get_chronicle
+from rag.store import ChronicleRow, get_chronicle, without_transaction
 from rag.templates import UnknownTemplate
 
 __all__ = ["ContextController", "ContextIn"]
@@ -68,7 +68,7 @@ async def build_bundle(
         services.templates.resolve(data.template)
     except UnknownTemplate as error:
         raise _invalid("template", str(error).strip("'\"")) from None
-    async with translate_database_errors(), services.engine.connect() as conn:
+    async with translate_database_errors(), without_transaction(services.engine).connect() as conn:
         chronicle = await get_chronicle(conn, tenant_id, chronicle_id)
     if chronicle is None:
         raise not_found("chronicle", chronicle_id)

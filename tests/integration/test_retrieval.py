@@ -32,7 +32,7 @@ from rag.retrieval import (
     vector_statement,
 )
 from rag.schema import chronicle_events
-from rag.store import create_chronicle
+from rag.store import create_chronicle, without_transaction
 from tests.conftest import make_tenant
 
 DEATH_QUESTION = "who killed the innkeeper in the cellar"
@@ -122,13 +122,45 @@ async def test_vector_search_ranks_the_death_event_in_the_top_three(engine, stor
     assert all(h.event_id in story.sequence_of and h.source == "vector" for h in hits)
 
 
-async def test_vector_search_settings_do_not_leak_into_the_callers_transaction(engine, story, embed) -> None:
+async def test_search_settings_last_until_the_end_of_the_transaction_and_no_longer(engine, story, embed) -> None:
     q = await query_for(story, embed, DEATH_QUESTION)
-    async with engine.begin() as conn:
-        before = await conn.scalar(text("SELECT current_setting('hnsw.iterative_scan')"))
-        assert await vector_search(conn, q, 5, 77)
-        assert await conn.scalar(text("SELECT current_setting('hnsw.iterative_scan')")) == before
-        assert await conn.scalar(text("SELECT current_setting('hnsw.ef_search')")) != "77"
+    setting = lambda name: text(f"SELECT current_setting('{name}')")  # noqa: E731
+    async with engine.connect() as conn:
+        before = await conn.scalar(setting("hnsw.ef_search"))
+        assert before != "77"
+        await conn.commit()
+        async with conn.begin():
+            assert await vector_search(conn, q, 5, 77)
+            assert await conn.scalar(setting("hnsw.ef_search")) == "77"
+            assert await conn.scalar(setting("plan_cache_mode")) == "force_custom_plan"
+            # A later search with other parameters sets its own; one with the same ones sets nothing.
+            assert await vector_search(conn, q, 5, 78, iterative_scan="strict_order")
+            assert await conn.scalar(setting("hnsw.ef_search")) == "78"
+            assert await conn.scalar(setting("hnsw.iterative_scan")) == "strict_order"
+            # A word search keeps the vector search's parameters.
+            assert await lexical_search(conn, RetrievalQuery(tenant_id=story.tenant_id,
+                                                             chronicle_id=story.chronicle_id, text="ledger"), 5)
+            assert await conn.scalar(setting("hnsw.ef_search")) == "78"
+        async with conn.begin():
+            assert await conn.scalar(setting("hnsw.ef_search")) == before
+            # A new transaction: the record of the last one's settings does not carry over.
+            assert await vector_search(conn, q, 5, 78, iterative_scan="strict_order")
+            assert await conn.scalar(setting("hnsw.ef_search")) == "78"
+
+
+async def test_reads_without_transaction_run_each_statement_alone_on_the_same_pool(engine) -> None:
+    # now() is the start of the current transaction: equal within one, different across them.
+    two_nows = text("SELECT now()")
+    reads = without_transaction(engine)
+    assert reads.pool is engine.pool and without_transaction(engine) is reads
+    async with reads.connect() as conn:
+        first = await conn.scalar(two_nows)
+        await asyncio.sleep(0.01)
+        assert await conn.scalar(two_nows) > first
+    async with engine.connect() as conn:  # the engine itself is unchanged
+        first = await conn.scalar(two_nows)
+        await asyncio.sleep(0.01)
+        assert await conn.scalar(two_nows) == first
 
 
 async def test_lexical_search_returns_the_ledger_events_ranked(engine, story) -> None:
