@@ -357,6 +357,22 @@ def _chronicle_arg(raw: str) -> uuid.UUID:
         raise CliError(f"{raw!r} is not a chronicle id (a UUID)") from None
 
 
+def _replay_progress(label: str, every_seconds: float = 5.0) -> Callable[[int], None]:
+    """A line on stderr every few seconds while a long chronicle is replayed (silent when quick)."""
+    started = time.monotonic()
+    last = started
+
+    def report(events: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= every_seconds:
+            last = now
+            rate = events / (now - started)
+            print(f"{label}: {events:,} events replayed ({rate:,.0f}/s)", file=sys.stderr, flush=True)
+
+    return report
+
+
 def cmd_ecs(settings: Settings, args: argparse.Namespace) -> int:
     from ecs.maintenance import rebuild_chronicle, verify_chronicle
     from ecs.repository import resume_checkpoint
@@ -366,7 +382,9 @@ def cmd_ecs(settings: Settings, args: argparse.Namespace) -> int:
     async def work(services: Services) -> int:
         if args.action == "rebuild":
             started = time.monotonic()
-            rebuilt = await rebuild_chronicle(services.engine, services.ecs_engine, chronicle_id)
+            rebuilt = await rebuild_chronicle(
+                services.engine, services.ecs_engine, chronicle_id, progress=_replay_progress("rebuild")
+            )
             if rebuilt is None:
                 raise CliError(f"no chronicle {chronicle_id}")
             print(
@@ -376,7 +394,9 @@ def cmd_ecs(settings: Settings, args: argparse.Namespace) -> int:
             )
             return 0
         if args.action == "verify":
-            result = await verify_chronicle(services.engine, services.ecs_engine, chronicle_id)
+            result = await verify_chronicle(
+                services.engine, services.ecs_engine, chronicle_id, progress=_replay_progress("verify")
+            )
             if result is None:
                 raise CliError(f"no chronicle {chronicle_id}")
             for d in result.differences:

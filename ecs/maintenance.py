@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
 import msgspec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ecs.projector import replay_stored
-from ecs.reducer import WorldState, encode_state
+from ecs.projector import to_chronicle_event
+from ecs.reducer import GENESIS_HASH, EventChanges, WorldState, apply_event, chain_hash, encode_state
 from ecs.repository import (
+    append_valence_history,
     claim_checkpoint,
     component_rows,
+    delete_chronicle_state,
     ensure_checkpoints,
     entity_row,
     read_checkpoint,
     relationship_row,
     save_checkpoint,
-    write_full_state,
+    write_state_rows,
 )
 from ecs.schema import ecs_components, ecs_entities, ecs_relationships
-from rag.store import StoredEvent, chronicle_heads, events_up_to
+from rag.store import EventFilters, chronicle_heads, list_events
 
 __all__ = ["Difference", "RebuildResult", "VerifyResult", "rebuild_chronicle", "verify_chronicle"]
 
@@ -58,11 +61,50 @@ class RebuildResult(msgspec.Struct, frozen=True):
     state_hash: str
 
 
-async def _read_all_events(
-    engine: AsyncEngine, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, up_to: int | None = None
-) -> list[StoredEvent]:
+REPLAY_PAGE: Final = 5_000
+"""Events read and replayed at a time: memory holds the state and one page, not the chronicle
+(a whole 1,000,000-event chronicle in memory took 5 GB)."""
+
+Progress = Callable[[int], None]
+"""Called with the number of events replayed so far, after every page."""
+
+
+class _Replayed(msgspec.Struct):
+    state: WorldState
+    running_hash: str
+    events: int
+    last_sequence: int
+
+
+async def _replay_in_pages(
+    engine: AsyncEngine,
+    tenant_id: uuid.UUID,
+    chronicle_id: uuid.UUID,
+    up_to: int | None,
+    *,
+    each_page: Callable[[list[EventChanges]], Awaitable[None]] | None = None,
+    progress: Progress | None = None,
+) -> _Replayed:
+    """Fold the chronicle's events (up to a sequence, if given) into a fresh state, page by page;
+    ``each_page`` gets every page's changes before the next page is read."""
+    replayed = _Replayed(WorldState(chronicle_id=str(chronicle_id)), GENESIS_HASH, 0, 0)
+    up_to_filter = EventFilters(to_sequence=up_to)
     async with engine.connect() as conn:
-        return await events_up_to(conn, tenant_id, chronicle_id, up_to)
+        while True:
+            page = await list_events(conn, tenant_id, chronicle_id, up_to_filter,
+                                     after_sequence=replayed.last_sequence, limit=REPLAY_PAGE)  # fmt: skip
+            changes = [apply_event(replayed.state, to_chronicle_event(event)) for event in page]
+            for event_changes in changes:
+                replayed.running_hash = chain_hash(replayed.running_hash, event_changes)
+            if each_page is not None and changes:
+                await each_page(changes)
+            if page:
+                replayed.events += len(page)
+                replayed.last_sequence = page[-1].sequence
+                if progress is not None:
+                    progress(replayed.events)
+            if len(page) < REPLAY_PAGE:
+                return replayed
 
 
 async def _tenant_of(engine: AsyncEngine, chronicle_id: uuid.UUID) -> uuid.UUID | None:
@@ -72,12 +114,17 @@ async def _tenant_of(engine: AsyncEngine, chronicle_id: uuid.UUID) -> uuid.UUID 
 
 
 async def rebuild_chronicle(
-    chronicle_engine: AsyncEngine, ecs_engine: AsyncEngine, chronicle_id: uuid.UUID
+    chronicle_engine: AsyncEngine,
+    ecs_engine: AsyncEngine,
+    chronicle_id: uuid.UUID,
+    *,
+    progress: Progress | None = None,
 ) -> RebuildResult | None:
     """Replay from sequence 0 into fresh state and swap it in atomically.
 
     The swap is one transaction holding the checkpoint lock: readers keep seeing the old state until
     it commits, and projectors wait instead of writing in between. None if there is no chronicle.
+    The events are read and replayed a page at a time (``REPLAY_PAGE``).
     """
     tenant_id = await _tenant_of(chronicle_engine, chronicle_id)
     if tenant_id is None:
@@ -86,19 +133,27 @@ async def rebuild_chronicle(
         await ensure_checkpoints(conn, [(chronicle_id, tenant_id)])
     async with ecs_engine.begin() as conn:
         await claim_checkpoint(conn, chronicle_id, wait=True)
-        # Read under the lock: no projector can advance the checkpoint past what we replay.
-        events = await _read_all_events(chronicle_engine, tenant_id, chronicle_id)
-        state, history, running_hash = replay_stored(events, chronicle_id)
-        await write_full_state(conn, state, history, tenant_id)
+        # Read under the lock: no projector can advance the checkpoint past what we replay. The old
+        # rows go first; valence history is appended page by page as the replay makes it, and the
+        # final entities and relationships are written at the end, all in this one transaction.
+        await delete_chronicle_state(conn, chronicle_id)
+
+        async def keep_valence_history(changes: list[EventChanges]) -> None:
+            await append_valence_history(conn, changes, tenant_id, chronicle_id)
+
+        replayed = await _replay_in_pages(chronicle_engine, tenant_id, chronicle_id, None,
+                                          each_page=keep_valence_history, progress=progress)  # fmt: skip
+        state = replayed.state
+        await write_state_rows(conn, state, tenant_id)
         await save_checkpoint(
             conn,
             chronicle_id,
-            last_sequence=events[-1].sequence if events else 0,
-            state_hash=running_hash,
+            last_sequence=replayed.last_sequence,
+            state_hash=replayed.running_hash,
             snapshot=encode_state(state),
         )
     return RebuildResult(
-        chronicle_id, len(events), len(state.entities), len(state.relationships), running_hash
+        chronicle_id, replayed.events, len(state.entities), len(state.relationships), replayed.running_hash
     )
 
 
@@ -187,7 +242,11 @@ def _normal(value: Any) -> Any:
 
 
 async def verify_chronicle(
-    chronicle_engine: AsyncEngine, ecs_engine: AsyncEngine, chronicle_id: uuid.UUID
+    chronicle_engine: AsyncEngine,
+    ecs_engine: AsyncEngine,
+    chronicle_id: uuid.UUID,
+    *,
+    progress: Progress | None = None,
 ) -> VerifyResult | None:
     """Replay in memory up to the checkpoint and report every difference from the stored state."""
     tenant_id = await _tenant_of(chronicle_engine, chronicle_id)
@@ -197,13 +256,14 @@ async def verify_chronicle(
         checkpoint = await read_checkpoint(conn, chronicle_id)
         stored = await _stored_rows(conn, chronicle_id)
     checkpoint_sequence = checkpoint.last_sequence if checkpoint else 0
-    events = await _read_all_events(chronicle_engine, tenant_id, chronicle_id, up_to=checkpoint_sequence)
-    state, _history, running_hash = replay_stored(events, chronicle_id)
+    replayed = await _replay_in_pages(chronicle_engine, tenant_id, chronicle_id, checkpoint_sequence,
+                                      progress=progress)  # fmt: skip
+    state, running_hash = replayed.state, replayed.running_hash
     expected = _expected_rows(state, tenant_id)
     differences = [
         *_diff_rows("entity", stored[0], expected[0], lambda k: k, lambda k: None),
         *_diff_rows("component", stored[1], expected[1], lambda k: k[0], lambda k: k[1]),
         *_diff_rows("relationship", stored[2], expected[2], lambda k: k, lambda k: "relationship"),
     ]
-    hash_matches = not events if checkpoint is None else checkpoint.state_hash == running_hash
-    return VerifyResult(chronicle_id, len(events), checkpoint_sequence, hash_matches, differences)
+    hash_matches = replayed.events == 0 if checkpoint is None else checkpoint.state_hash == running_hash
+    return VerifyResult(chronicle_id, replayed.events, checkpoint_sequence, hash_matches, differences)

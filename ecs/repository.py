@@ -42,6 +42,7 @@ from rag.events import normalize_name
 
 __all__ = [
     "Checkpoint",
+    "append_valence_history",
     "claim_checkpoint",
     "component_rows",
     "delete_chronicle_state",
@@ -55,6 +56,7 @@ __all__ = [
     "save_checkpoint",
     "write_batch",
     "write_full_state",
+    "write_state_rows",
 ]
 
 
@@ -323,8 +325,20 @@ async def write_full_state(
     """Replace a chronicle's whole read model (rebuild); valence history comes from `history`."""
     chronicle_id = uuid.UUID(state.chronicle_id)
     await delete_chronicle_state(conn, chronicle_id)
+    await write_state_rows(conn, state, tenant_id)
+    await append_valence_history(conn, history, tenant_id, chronicle_id)
+
+
+async def write_state_rows(conn: AsyncConnection, state: WorldState, tenant_id: uuid.UUID) -> None:
+    """Write every entity (with its components) and relationship of `state`."""
     await _upsert_entities(conn, state, sorted(state.entities), tenant_id)
     await _upsert_relationships(conn, state, sorted(state.relationships), tenant_id)
+
+
+async def append_valence_history(
+    conn: AsyncConnection, history: Iterable[EventChanges], tenant_id: uuid.UUID, chronicle_id: uuid.UUID
+) -> None:
+    """Append the valence changes among `history` (COPY; after another statement of the transaction)."""
     await _copy_rows(conn, ecs_valence_history, _valence_rows(history, tenant_id, chronicle_id))
 
 

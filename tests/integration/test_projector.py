@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.cli import load_sample_story
+from ecs import maintenance
 from ecs import projector as projector_module
 from ecs.maintenance import rebuild_chronicle, verify_chronicle
 from ecs.projector import Projector, replay_stored
@@ -227,6 +228,44 @@ async def test_verify_reports_tampering_and_rebuild_repairs_it(engine) -> None:
     await ingest(engine, tenant_id, chronicle_id, [EventIn(summary="Bram's ghost lingers.", actors=["Bram"])])
     assert await Projector(engine, engine).catch_up(chronicle_id) == 1
     assert (await verify_chronicle(engine, engine, chronicle_id)).ok
+
+
+async def test_rebuild_and_verify_read_the_chronicle_a_page_at_a_time_with_the_same_result(
+    engine, monkeypatch
+) -> None:
+    tenant_id, chronicle_id = await new_chronicle(engine)
+    await ingest(engine, tenant_id, chronicle_id, load_sample_story())
+    await Projector(engine, engine).catch_up(chronicle_id)
+
+    async def valence_history() -> list[tuple]:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                select(ecs_valence_history.c.sequence, ecs_valence_history.c.from_id, ecs_valence_history.c.to_id,
+                       ecs_valence_history.c.dimension, ecs_valence_history.c.delta, ecs_valence_history.c.new_value)
+                .where(ecs_valence_history.c.chronicle_id == chronicle_id)
+                .order_by(ecs_valence_history.c.sequence, ecs_valence_history.c.dimension)
+            )  # fmt: skip
+            return [tuple(r) for r in rows]
+
+    projected_history = await valence_history()
+    assert len(projected_history) >= 3
+    async with engine.connect() as conn:
+        projected_hash = (await read_checkpoint(conn, chronicle_id)).state_hash
+
+    # 40 events in pages of 7: six full pages and a short one.
+    monkeypatch.setattr(maintenance, "REPLAY_PAGE", 7)
+    seen: list[int] = []
+    rebuilt = await rebuild_chronicle(engine, engine, chronicle_id, progress=seen.append)
+    assert rebuilt is not None and rebuilt.events == 40 and rebuilt.state_hash == projected_hash
+    assert seen == [7, 14, 21, 28, 35, 40]
+    assert await valence_history() == projected_history  # written page by page, each row once
+    verified: list[int] = []
+    result = await verify_chronicle(engine, engine, chronicle_id, progress=verified.append)
+    assert result is not None and result.ok and result.replayed_sequence == 40
+    assert verified == seen
+    # A chronicle of exactly one full page ends on an empty page.
+    monkeypatch.setattr(maintenance, "REPLAY_PAGE", 40)
+    assert (await rebuild_chronicle(engine, engine, chronicle_id)).state_hash == projected_hash
 
 
 async def test_failing_event_is_retried_then_parked_and_resumed(engine) -> None:
