@@ -93,6 +93,20 @@ async def _collect(services: Services) -> list[Metric]:
         ratio = GaugeMetricFamily("lore_cache_hit_ratio", "Entity cache hits / lookups since start")
         ratio.add_metric([], float(getattr(cache, "hit_ratio", 0.0)))
         families += [hits, misses, ratio]
+    states = getattr(services, "ecs_states", None)
+    if states is not None:
+        kept = CounterMetricFamily("lore_state_views_reused", "State views served again (same checkpoint)")
+        kept.add_metric([], states.hits)
+        read = CounterMetricFamily("lore_state_views_read", "Entity state views read from ECS rows")
+        read.add_metric([], states.misses)
+        families += [kept, read]
+    query_runs = getattr(services, "query_runs", None)
+    if query_runs is not None:
+        runs = CounterMetricFamily("lore_query_embedding_runs", "Model runs for context questions")
+        runs.add_metric([], query_runs.runs)
+        texts = CounterMetricFamily("lore_query_embedding_texts", "Context questions embedded")
+        texts.add_metric([], query_runs.texts)
+        families += [runs, texts]
     families += await _projection_lag(services)
     return families
 

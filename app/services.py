@@ -24,7 +24,7 @@ from ecs.guard import StalenessPolicy, is_ecs_failure
 from ecs.projector import Projector
 from ecs.relay import OutboxRelay
 from ecs.repository import read_checkpoint
-from ecs.state_source import KnownNamesCache
+from ecs.state_source import KnownNamesCache, StateViewCache
 from rag.embedding import CoalescingQueries, Embedder, LocalMiniLMEmbedder, create_embedder
 from rag.store import claim_embedding_space
 from rag.templates import TemplateRegistry
@@ -56,6 +56,7 @@ class Services:
         self.templates = TemplateRegistry()
         self.replay_names = KnownNamesCache()
         self.ecs_names = KnownNamesCache()
+        self.ecs_states = StateViewCache()
         self.fallbacks_served: dict[str, int] = {}
         self.contexts_in_flight = 0
         """Context requests being built right now (they search with more connections when alone)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
@@ -157,6 +158,7 @@ class EcsStateSource:
         *,
         cache: EntityCache | None = None,
         names: KnownNamesCache | None = None,
+        states: StateViewCache | None = None,
     ) -> None:
         self.chronicle_engine = chronicle_engine
         self.ecs_engine = ecs_engine
@@ -164,6 +166,7 @@ class EcsStateSource:
         self.chronicle_id = chronicle_id
         self.cache = cache
         self.names = names
+        self.states = states
         self._checkpoint: Checkpoint | None = None
         self._checkpoint_read = False
 
@@ -217,6 +220,21 @@ class EcsStateSource:
         position = await self.position()
         if as_of_sequence is not None and as_of_sequence < (position or 0):
             return await self.replayed(entity_ids, as_of_sequence)
+        checkpoint = await self.checkpoint()
+        if self.states is None or checkpoint is None:
+            return await self._read_states(entity_ids)
+        # Every write to the ECS state saves the checkpoint in the same transaction, so the
+        # checkpoint's version names one state: what was read under it can be served again.
+        version = (self.tenant_id, self.chronicle_id, checkpoint.last_sequence, checkpoint.updated_at)
+        found = {i: self.states.get(version, i) for i in entity_ids}
+        missing = [i for i, state in found.items() if state is None]
+        if missing:
+            for state in await self._read_states(missing):
+                found[state.id] = state
+                self.states.put(version, state)
+        return [state for state in (found[i] for i in entity_ids) if state is not None]
+
+    async def _read_states(self, entity_ids: Sequence[str]) -> list[EntityState]:
         wanted = [uuid.UUID(raw_id) for raw_id in entity_ids]
         async with without_transaction(self.ecs_engine).connect() as conn:
             if self.cache is not None:
@@ -322,6 +340,38 @@ class KnownNamesCache:
         if len(self._entries) >= self._max:
             self._entries.clear()
         self._entries[chronicle_id] = (time.monotonic() + self._ttl, version, known)
+
+
+class StateViewCache:
+    """Entity states as read at one checkpoint version, kept in the process (least recently used).
+
+    A state view joins an entity's components with the names of its place, holder, inventory and
+    relations, plus the provenance of each fact: five statements. Between two projections of a
+    chronicle every request about the same characters would read the same rows again; keyed by
+    the checkpoint's version (sequence and save time), a view is served until the state moves,
+    and an entry of an older version is never served (it ages out).
+    """
+
+    def __init__(self, max_entries: int = 4_096) -> None:
+        self._max = max_entries
+        self._entries: OrderedDict[tuple[Hashable, str], EntityState] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, version: Hashable, entity_id: str) -> EntityState | None:
+        state = self._entries.get((version, entity_id))
+        if state is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end((version, entity_id))
+        self.hits += 1
+        return state
+
+    def put(self, version: Hashable, state: EntityState) -> None:
+        self._entries[(version, state.id)] = state
+        self._entries.move_to_end((version, state.id))
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
 
 
 class ChronicleReplayStateSource:

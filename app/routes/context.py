@@ -122,6 +122,7 @@ async def build_bundle(
         source = EcsStateSource(
             services.engine, services.ecs_engine, tenant_id, chronicle_id,
             cache=getattr(services, "cache", None), names=getattr(services, "ecs_names", None),
+            states=getattr(services, "ecs_states", None),
         )  # fmt: skip
         guarded = GuardedEcsSource(source, services.breaker, services.settings.ecs_timeout_ms / 1000)
         warning = None

@@ -102,9 +102,15 @@ async def test_metrics_expose_projection_lag_parked_and_request_latency(separate
     await client.post(f"/api/chronicles/{chronicle}/events", json={"events": [{"summary": "x", "actors": ["A"]}]},
                       headers=headers)  # fmt: skip
     await wait_caught_up(client, headers, chronicle, 1)
+    for _ in range(2):  # the same question twice at the same checkpoint: A's state is read once
+        context = await client.post(f"/api/chronicles/{chronicle}/context", json={"query": "Where is A?"},
+                                    headers=headers)  # fmt: skip
+        assert context.status_code == 200 and context.json()["mode"] == "full"
     response = await client.get("/metrics")
     assert response.status_code == 200
     body = response.text
+    assert "lore_state_views_read_total 1.0" in body and "lore_state_views_reused_total 1.0" in body
+    assert "lore_query_embedding_runs_total 2.0" in body and "lore_query_embedding_texts_total 2.0" in body
     assert "lore_projector_events_applied_total" in body
     assert "lore_projection_parked_chronicles" in body
     assert "lore_ecs_reachable 1.0" in body

@@ -26,7 +26,8 @@ from ecs.queries import (
 from ecs.reducer import apply_event, decode_state
 from ecs.repository import read_checkpoint, read_snapshot, resume_checkpoint
 from ecs.schema import ecs_components, ecs_entities, ecs_outbox, ecs_relationships, ecs_valence_history
-from ecs.state_source import EcsStateSource, KnownNamesCache
+from ecs.state_source import EcsStateSource, KnownNamesCache, StateViewCache
+from rag.context import EntityState
 from rag.events import EventIn
 from rag.ingest import ingest_batch
 from rag.store import EventFilters, create_chronicle, list_events
@@ -397,3 +398,62 @@ async def test_views_read_together_follow_holder_chains_of_any_length(engine) ->
     assert views == [entity_view_from_state(state, i) for i in ids]
     located = {v.name: v.location.name if v.location else None for v in views}
     assert located["Coin"] == located["Pouch"] == located["Chest"] == located["Ada"] == "Yard"
+
+
+async def test_entity_states_are_kept_per_checkpoint_and_read_again_when_it_moves(engine) -> None:
+    tenant_id, chronicle_id = await new_chronicle(engine)
+    projector = Projector(engine, engine)
+    states = StateViewCache(max_entries=8)
+
+    ids: dict[str, str] = {}
+
+    async def state_of(*names: str) -> list:
+        source = EcsStateSource(engine, engine, tenant_id, chronicle_id, states=states)
+        if not ids:
+            ids.update({k.name: k.id for k in await source.known_entities()})
+        return await source.entity_states([ids[n] for n in names], None)
+
+    await ingest(engine, tenant_id, chronicle_id, [
+        EventIn(summary="Ada waits in the hall.", actors=["Ada"], location="Hall"),
+        EventIn(summary="Bo waits in the yard.", actors=["Bo"], location="Yard"),
+    ])  # fmt: skip
+    await projector.catch_up(chronicle_id)
+    ada, bo = await state_of("Ada", "Bo")
+    assert (ada.location.value, bo.location.value) == ("Hall", "Yard")
+    assert (states.hits, states.misses) == (0, 2)
+    # Changed behind the checkpoint's back (never done by the service): the kept views are served,
+    # which shows that no row was read for them.
+    async with engine.begin() as conn:
+        await conn.execute(
+            ecs_entities.update().where(ecs_entities.c.id == uuid.UUID(ada.id)).values(name="Tampered")
+        )
+    again = await state_of("Bo", "Ada")
+    assert [s.id for s in again] == [bo.id, ada.id]  # in the order asked for
+    assert again[1] is ada and (states.hits, states.misses) == (2, 2)
+    # A projection moves the checkpoint: the next request reads the rows of the new state.
+    await ingest(engine, tenant_id, chronicle_id, [EventIn(summary="Ada goes out.", actors=["Ada"], location="Yard")])
+    await projector.catch_up(chronicle_id)
+    (moved,) = await state_of("Ada")
+    assert moved.location.value == "Yard"
+    assert (states.hits, states.misses) == (2, 3)
+    # A rebuild at the same sequence saves the checkpoint again (a new time): read again.
+    async with engine.begin() as conn:
+        await conn.execute(
+            ecs_entities.update().where(ecs_entities.c.id == uuid.UUID(ada.id)).values(name="Tampered")
+        )
+    assert (await state_of("Ada"))[0] is moved
+    assert await rebuild_chronicle(engine, engine, chronicle_id) is not None
+    (rebuilt,) = await state_of("Ada")
+    assert rebuilt == moved and rebuilt is not moved  # the rebuild repaired the name
+    assert (states.hits, states.misses) == (3, 4)
+
+
+def test_the_state_view_cache_forgets_the_least_recently_used_first() -> None:
+    states = StateViewCache(max_entries=2)
+    make = lambda i: EntityState(id=i, name=i, kind="character")  # noqa: E731
+    states.put("v1", make("a"))
+    states.put("v1", make("b"))
+    assert states.get("v1", "a") is not None  # a is now the most recent
+    states.put("v1", make("c"))
+    assert states.get("v1", "b") is None and states.get("v1", "a") is not None
+    assert states.get("v2", "a") is None  # another version is another state
