@@ -95,19 +95,27 @@ async def _collect(services: Services) -> list[Metric]:
         families += [hits, misses, ratio]
     states = getattr(services, "ecs_states", None)
     if states is not None:
-        kept = CounterMetricFamily("lore_state_views_reused", "State views served again (same checkpoint)")
-        kept.add_metric([], states.hits)
-        read = CounterMetricFamily("lore_state_views_read", "Entity state views read from ECS rows")
-        read.add_metric([], states.misses)
-        families += [kept, read]
+        families += _counters(
+            ("lore_state_views_reused", "State views served again (same checkpoint)", states.hits),
+            ("lore_state_views_read", "Entity state views read from ECS rows", states.misses),
+        )
     query_runs = getattr(services, "query_runs", None)
     if query_runs is not None:
-        runs = CounterMetricFamily("lore_query_embedding_runs", "Model runs for context questions")
-        runs.add_metric([], query_runs.runs)
-        texts = CounterMetricFamily("lore_query_embedding_texts", "Context questions embedded")
-        texts.add_metric([], query_runs.texts)
-        families += [runs, texts]
+        families += _counters(
+            ("lore_query_embedding_runs", "Model runs for context questions", query_runs.runs),
+            ("lore_query_embedding_texts", "Context questions embedded", query_runs.texts),
+        )
     families += await _projection_lag(services)
+    return families
+
+
+def _counters(*named: tuple[str, str, float]) -> list[Metric]:
+    """Unlabelled counters from (name, help, value)."""
+    families: list[Metric] = []
+    for name, documentation, value in named:
+        family = CounterMetricFamily(name, documentation)
+        family.add_metric([], value)
+        families.append(family)
     return families
 
 
