@@ -77,6 +77,7 @@ DEFAULT_OUT = REPO / "evals" / "perf" / "results" / "scale.json"
 DIMENSION = 384
 HNSW_INDEX = "chronicle_events_embedding_hnsw"
 HALFVEC_INDEX = "bench_embedding_halfvec_hnsw"
+SLOWEST_KEPT = 8
 QUESTIONS = ("Where is {a} now?", "What happened to {a}?", "Who does {a} trust?", "What is {a} carrying?",
              "What did {a} and {b} do together?")  # fmt: skip
 
@@ -442,6 +443,9 @@ async def context_phase(
     stages: dict[str, list[float]] = {}
     modes: dict[str, int] = {}
     errors = 0
+    # The slowest requests, with what they asked and what the service said of them: a tail is
+    # only understood request by request.
+    slowest: list[dict[str, Any]] = []
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
                                      headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:  # fmt: skip
@@ -462,10 +466,15 @@ async def context_phase(
                 if i < 10:
                     continue
                 latencies.append(elapsed)
+                detail: dict[str, Any] = {"ms": round(elapsed, 1), "query": query, "status": response.status_code}
+                slowest = sorted([*slowest, detail], key=lambda d: -d["ms"])[:SLOWEST_KEPT]
                 if response.status_code != 200:
                     errors += 1
+                    detail["problem"] = response.text[:300]
                     continue
                 bundle = response.json()
+                detail |= {"mode": bundle["mode"], "degraded_reason": bundle.get("degraded_reason"),
+                           "timings_ms": bundle["timings_ms"]}  # fmt: skip
                 modes[bundle["mode"]] = modes.get(bundle["mode"], 0) + 1
                 for stage, value in bundle["timings_ms"].items():
                     stages.setdefault(stage, []).append(value)
@@ -477,7 +486,8 @@ async def context_phase(
             service.kill()
         EmbeddedValkey(Path(env["LORE_DATA_DIR"])).stop()
     return {"requests": len(latencies), "errors": errors, "latency_ms": percentiles(latencies), "modes": modes,
-            "server_stage_median_ms": {k: round(statistics.median(v), 2) for k, v in sorted(stages.items())}}  # fmt: skip
+            "server_stage_median_ms": {k: round(statistics.median(v), 2) for k, v in sorted(stages.items())},
+            "slowest": slowest}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
