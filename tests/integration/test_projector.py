@@ -403,7 +403,7 @@ async def test_views_read_together_follow_holder_chains_of_any_length(engine) ->
 async def test_entity_states_are_kept_per_checkpoint_and_read_again_when_it_moves(engine) -> None:
     tenant_id, chronicle_id = await new_chronicle(engine)
     projector = Projector(engine, engine)
-    states = StateViewCache(max_entries=8)
+    states = StateViewCache(max_entities=8)
 
     ids: dict[str, str] = {}
 
@@ -448,12 +448,16 @@ async def test_entity_states_are_kept_per_checkpoint_and_read_again_when_it_move
     assert (states.hits, states.misses) == (3, 4)
 
 
-def test_the_state_view_cache_forgets_the_least_recently_used_first() -> None:
-    states = StateViewCache(max_entries=2)
+def test_the_state_view_cache_keeps_the_newest_version_of_a_few_chronicles() -> None:
+    states = StateViewCache(max_chronicles=2, max_entities=2)
     make = lambda i: EntityState(id=i, name=i, kind="character")  # noqa: E731
-    states.put("v1", make("a"))
-    states.put("v1", make("b"))
-    assert states.get("v1", "a") is not None  # a is now the most recent
-    states.put("v1", make("c"))
-    assert states.get("v1", "b") is None and states.get("v1", "a") is not None
-    assert states.get("v2", "a") is None  # another version is another state
+    states.put("c1", "v1", make("a"))
+    states.put("c1", "v1", make("b"))
+    states.put("c1", "v1", make("c"))  # over max_entities: not kept
+    assert states.get("c1", "v1", "a") is not None and states.get("c1", "v1", "c") is None
+    states.put("c1", "v2", make("a"))  # a newer version drops the older one's views
+    assert states.get("c1", "v1", "b") is None and states.get("c1", "v2", "a") is not None
+    states.put("c2", "v1", make("a"))
+    assert states.get("c1", "v2", "a") is not None  # c1 is now the most recent
+    states.put("c3", "v1", make("a"))
+    assert states.get("c2", "v1", "a") is None and states.get("c1", "v2", "a") is not None
