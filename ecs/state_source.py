@@ -146,6 +146,12 @@ def _plain(value: Any) -> Any:
     return msgspec.to_builtins(value)
 
 
+def _state_version(checkpoint: Checkpoint) -> Hashable:
+    """Names one ECS state of a chronicle: every write to it saves the checkpoint (sequence and
+    time) in the same transaction, a rebuild at the same sequence included."""
+    return (checkpoint.last_sequence, checkpoint.updated_at)
+
+
 class EcsStateSource:
     label = "ecs"
 
@@ -184,7 +190,7 @@ class EcsStateSource:
         # its sequence or its time: keyed by both, the list is read and built once per change
         # instead of once per request (thousands of names in a long chronicle).
         checkpoint = await self.checkpoint()
-        version = None if checkpoint is None else (checkpoint.last_sequence, checkpoint.updated_at)
+        version = None if checkpoint is None else _state_version(checkpoint)
         if self.names is not None and version is not None:
             cached = self.names.get(self.chronicle_id, version)
             if cached is not None:
@@ -226,7 +232,7 @@ class EcsStateSource:
         # Every write to the ECS state saves the checkpoint in the same transaction, so the
         # checkpoint's version names one state: what was read under it can be served again.
         chronicle = (self.tenant_id, self.chronicle_id)
-        version = (checkpoint.last_sequence, checkpoint.updated_at)
+        version = _state_version(checkpoint)
         found = {i: self.states.get(chronicle, version, i) for i in entity_ids}
         missing = [i for i, state in found.items() if state is None]
         if missing:
