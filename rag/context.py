@@ -287,7 +287,7 @@ async def assemble_context(
                     dict[Source, Searched], list[StoredEvent], set[int] | None
                 ]:
                     searched: dict[Source, Searched] = {
-                        source: await search_source(conn, query, preset, source)
+                        source: await search_source(conn, query, preset, source, head=chronicle_sequence)
                         for source in SOURCE_ORDER
                         if source in sources and source != "vector"
                     }

@@ -122,7 +122,9 @@ async def test_vector_search_ranks_the_death_event_in_the_top_three(engine, stor
     assert all(h.event_id in story.sequence_of and h.source == "vector" for h in hits)
 
 
-async def test_search_settings_last_until_the_end_of_the_transaction_and_no_longer(engine, story, embed) -> None:
+async def test_search_settings_last_until_the_end_of_the_transaction_and_no_longer(
+    engine, story, embed
+) -> None:
     q = await query_for(story, embed, DEATH_QUESTION)
     setting = lambda name: text(f"SELECT current_setting('{name}')")  # noqa: E731
     async with engine.connect() as conn:
@@ -138,8 +140,11 @@ async def test_search_settings_last_until_the_end_of_the_transaction_and_no_long
             assert await conn.scalar(setting("hnsw.ef_search")) == "78"
             assert await conn.scalar(setting("hnsw.iterative_scan")) == "strict_order"
             # A word search keeps the vector search's parameters.
-            assert await lexical_search(conn, RetrievalQuery(tenant_id=story.tenant_id,
-                                                             chronicle_id=story.chronicle_id, text="ledger"), 5)
+            assert await lexical_search(
+                conn,
+                RetrievalQuery(tenant_id=story.tenant_id, chronicle_id=story.chronicle_id, text="ledger"),
+                5,
+            )
             assert await conn.scalar(setting("hnsw.ef_search")) == "78"
         async with conn.begin():
             assert await conn.scalar(setting("hnsw.ef_search")) == before
@@ -265,6 +270,148 @@ async def test_sources_rank_only_the_newest_candidates_of_a_common_name(engine, 
     assert len(ranked) > 4 and 2 <= len(expected_words) <= 4
     assert {h.event_id for h in pooled_words} == expected_words
     assert [h.event_id for h in pooled_words] == [h.event_id for h in ranked if h.event_id in expected_words]
+
+
+async def _uneven_chronicle(engine) -> tuple[uuid.UUID, uuid.UUID, int]:
+    """300 events whose names and words are common, rare, clustered in time or correlated."""
+    import random
+
+    rng = random.Random(20261127)
+    events = []
+    for i in range(300):
+        actors = ["Mara"] if rng.random() < 0.5 else []  # half of all events
+        if rng.random() < 0.1:
+            actors.append("Tobin")
+        if i < 60 and rng.random() < 0.5:
+            actors.append("Osric")  # only early in the story
+        if rng.random() < 0.02:
+            actors.append("Wren")
+        if rng.random() < 0.15:
+            actors += ["Sister Anwen"]  # two words, always together
+        words = [rng.choice(["lantern", "ledger", "rope", "bread"]) for _ in range(3)]
+        if i > 250:
+            words.append("storm")  # only lately
+        summary = f"{' and '.join(actors) or 'Nobody'} {' '.join(words)} at the dock."
+        events.append(EventIn(summary=summary, actors=actors, location="dock" if i % 7 == 0 else None))
+    tenant_id, chronicle_id = await new_chronicle(engine)
+    async with engine.begin() as conn:
+        from rag.store import append_events
+
+        assert (
+            await append_events(conn, tenant_id, chronicle_id, events, dict.fromkeys(range(300))) is not None
+        )
+    return tenant_id, chronicle_id, 300
+
+
+@pytest.mark.parametrize("pool", [2, 7, 40])
+async def test_candidates_found_step_by_step_are_those_of_one_whole_pass(engine, monkeypatch, pool) -> None:
+    """However the walk back is cut into steps, and whichever statement each step takes (a walk
+    through the newest events or the planner's own plan for the rest), the full-text and entity
+    sources return exactly what one pass over the whole chronicle returns."""
+    from rag import retrieval
+
+    tenant_id, chronicle_id, size = await _uneven_chronicle(engine)
+    monkeypatch.setattr(retrieval, "CANDIDATE_POOL", pool)
+    base = RetrievalQuery(tenant_id=tenant_id, chronicle_id=chronicle_id)
+    queries = [
+        msgspec.structs.replace(base, text="Mara lantern"),
+        msgspec.structs.replace(base, text="Sister Anwen"),
+        msgspec.structs.replace(base, text="where is Osric now"),
+        msgspec.structs.replace(base, text="storm or rope -bread"),
+        msgspec.structs.replace(base, text="Wren ledger", as_of_sequence=200),
+        msgspec.structs.replace(base, entity_keys=["mara"]),
+        msgspec.structs.replace(base, entity_keys=["mara", "tobin"]),
+        msgspec.structs.replace(base, entity_keys=["osric", "wren", "dock"]),
+        msgspec.structs.replace(base, entity_keys=["sister anwen", "mara"], as_of_sequence=150),
+        msgspec.structs.replace(base, entity_keys=["mara", "tobin"], pov_keys=["tobin"]),
+        msgspec.structs.replace(base, text="Mara rope", pov_keys=["dock"]),
+    ]
+    async with engine.connect() as conn:
+        newest_ten = list(await conn.scalars(text(
+            "SELECT id FROM chronicle_events WHERE chronicle_id = :c ORDER BY sequence DESC LIMIT 10"
+        ), {"c": chronicle_id}))  # fmt: skip
+    queries += [msgspec.structs.replace(q, exclude_ids=newest_ten[::2]) for q in queries[:2] + queries[6:7]]
+
+    async def both_sources(q: RetrievalQuery) -> tuple[list[Hit], list[Hit]]:
+        async with engine.connect() as conn:
+            return await lexical_search(conn, q, 100), await entity_search(conn, q, 100, head=size)
+
+    async def newest(conn, q: RetrievalQuery, condition: str, **params) -> set[uuid.UUID]:
+        """The newest `pool` events meeting `condition` and the query's filters, in plain SQL."""
+        rows = await conn.scalars(
+            text(
+                f"SELECT id FROM chronicle_events WHERE chronicle_id = :c AND sequence <= :upto "
+                f"AND (CAST(:pov AS text[]) = '{{}}' OR entity_keys && CAST(:pov AS text[])) "
+                f"AND NOT (id = ANY(CAST(:ex AS uuid[]))) AND {condition} "
+                "ORDER BY sequence DESC LIMIT :pool"
+            ),
+            {
+                "c": chronicle_id,
+                "upto": q.as_of_sequence or size,
+                "pov": q.pov_keys,
+                "ex": q.exclude_ids,
+                "pool": pool,
+                **params,
+            },
+        )
+        return set(rows)
+
+    async def candidates(q: RetrievalQuery) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
+        words: set[uuid.UUID] = set()
+        names: set[uuid.UUID] = set()
+        async with engine.connect() as conn:
+            if q.text:
+                strict, relaxed = lexical_terms(q.text) or ("", "")
+                for terms in {strict, relaxed}:
+                    words |= await newest(
+                        conn, q, "search_vector @@ websearch_to_tsquery('english', :t)", t=terms
+                    )
+            if q.entity_keys:
+                names |= await newest(conn, q, "entity_keys && CAST(:k AS text[])", k=q.entity_keys)
+                names |= await newest(conn, q, "entity_keys @> CAST(:k AS text[])", k=q.entity_keys)
+        return words, names
+
+    monkeypatch.setattr(retrieval, "FIRST_WALK", 10_000)  # one step: every event, newest first
+    whole = [await both_sources(q) for q in queries]
+    for q, (lexical, entity) in zip(queries, whole, strict=True):
+        assert lexical or entity
+        assert ({h.event_id for h in lexical}, {h.event_id for h in entity}) == await candidates(q), q
+    for first_walk, walk_over_index in [(1, 0.25), (3, 0.0), (5, 1e9), (16, 0.25), (64, 0.01)]:
+        monkeypatch.setattr(retrieval, "FIRST_WALK", first_walk)
+        monkeypatch.setattr(retrieval, "WALK_OVER_INDEX", walk_over_index)
+        stepped = [await both_sources(q) for q in queries]
+        for q, expected, got in zip(queries, whole, stepped, strict=True):
+            assert got == expected, (q.text, q.entity_keys, first_walk, walk_over_index)
+
+
+async def test_the_walk_back_counts_its_statements(engine, monkeypatch) -> None:
+    """A common name fills its pool in a few bounded steps; a name absent from the newest events
+    is looked up on the index after the first step instead of being walked for."""
+    from rag import retrieval
+
+    tenant_id, chronicle_id, size = await _uneven_chronicle(engine)
+    monkeypatch.setattr(retrieval, "CANDIDATE_POOL", 10)
+    monkeypatch.setattr(retrieval, "FIRST_WALK", 8)
+    statements: list[str] = []
+    real_execute = retrieval.AsyncConnection.execute
+
+    async def counting(self, statement, *args, **kwargs):  # type: ignore[no-untyped-def]
+        statements.append(str(statement))
+        return await real_execute(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(retrieval.AsyncConnection, "execute", counting)
+    base = RetrievalQuery(tenant_id=tenant_id, chronicle_id=chronicle_id)
+    async with engine.connect() as conn:
+        common = await entity_search(conn, msgspec.structs.replace(base, entity_keys=["mara"]), 10, head=size)
+        searches = [s for s in statements if "chronicle_events" in s]
+        assert len(common) == 10 and 2 <= len(searches) <= 4
+        statements.clear()
+        early = await entity_search(conn, msgspec.structs.replace(base, entity_keys=["osric"]), 10, head=size)
+        searches = [s for s in statements if "chronicle_events" in s]
+    # The first step walks the 8 newest events (no Osric there), the second takes the index.
+    assert len(early) == 10 and len(searches) == 2
+    assert "LIMIT" in searches[0] and searches[0].count("SELECT") == 2  # the walk: a bounded inner scan
+    assert searches[1].count("SELECT") == 1
 
 
 # --------------------------------------------------------------------------------------------------
