@@ -277,7 +277,7 @@ async def assemble_context(
         async def vector_apart() -> Searched:
             vector_query = await with_vector()
             async with engine.begin() as own:
-                return await search_source(own, vector_query, preset, "vector")
+                return await search_source(own, vector_query, preset, "vector", head=chronicle_sequence)
 
         try:
             async with engine.begin() as conn:

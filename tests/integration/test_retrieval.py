@@ -419,6 +419,71 @@ async def test_the_walk_back_counts_its_statements(engine, monkeypatch) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+async def test_a_vector_search_over_few_events_of_a_big_table_is_exact(
+    engine, story, embed, monkeypatch
+) -> None:
+    """The story's 40 events, or its first 20, are a sliver of a table holding another tenant's
+    2,000: the search measures every event in range instead of walking the HNSW graph, and so
+    returns exactly the nearest; with ``exact_up_to=0`` the planner chooses as before."""
+    from rag import retrieval
+    from rag.store import append_events
+
+    big_tenant, big_chronicle = await new_chronicle(engine)
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((2_000, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    async with engine.begin() as conn:
+        fillers = [EventIn(summary=f"filler {i}") for i in range(2_000)]
+        embeddings = {i: vectors[i].tolist() for i in range(2_000)}
+        assert await append_events(conn, big_tenant, big_chronicle, fillers, embeddings) is not None
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("ANALYZE chronicle_events"))
+    retrieval._table_rows.clear()
+    q = await query_for(story, embed, DEATH_QUESTION)
+
+    async def exact_top(as_of: int) -> list[uuid.UUID]:
+        async with engine.begin() as conn:
+            await conn.execute(text("SET LOCAL enable_indexscan = off"))  # no HNSW: read and sort
+            rows = await conn.scalars(
+                text(
+                    "SELECT id FROM chronicle_events WHERE chronicle_id = :c AND sequence <= :s "
+                    "ORDER BY embedding <=> CAST(:v AS vector), sequence DESC LIMIT 10"
+                ),
+                {"c": story.chronicle_id, "s": as_of, "v": str(q.query_vector)},
+            )
+            return list(rows)
+
+    statements: list[str] = []
+    real_execute = retrieval.AsyncConnection.execute
+
+    async def recording(self, statement, *args, **kwargs):  # type: ignore[no-untyped-def]
+        statements.append(str(statement))
+        return await real_execute(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(retrieval.AsyncConnection, "execute", recording)
+    async with engine.connect() as conn:
+        whole = await vector_search(conn, q, 10, 40, head=40)
+        early = await vector_search(conn, msgspec.structs.replace(q, as_of_sequence=20), 10, 40)
+        measured = [s for s in statements if "<=>" in s]
+        statements.clear()
+        await vector_search(conn, q, 10, 40, head=40, exact_up_to=0)
+        left_to_planner = [s for s in statements if "<=>" in s]
+    assert [h.event_id for h in whole] == await exact_top(40)
+    assert [h.event_id for h in early] == await exact_top(20)
+    assert all(story.sequence_of[h.event_id] <= 20 for h in early)
+    assert len(measured) == 2 and all("OFFSET" in s for s in measured)
+    assert len(left_to_planner) == 1 and "OFFSET" not in left_to_planner[0]
+
+    # Over a large part of the table the graph is used: the events in range are no sliver of it.
+    statements.clear()
+    retrieval._table_rows.clear()
+    async with engine.connect() as conn:
+        monkeypatch.setattr(retrieval, "EXACT_SCAN_SHARE", 0.001)
+        await vector_search(conn, q, 10, 40, head=40)
+    assert not any("OFFSET" in s for s in statements if "<=>" in s)
+
+
 async def test_filtered_vector_search_returns_k_rows_with_iterative_scan(engine, story, embed) -> None:
     """A big chronicle of another tenant dominates the HNSW graph around the query.
 
