@@ -277,7 +277,7 @@ CANDIDATE_POOL: Final = 2_000
 """The full-text and entity sources rank at most this many of the newest events matching (per
 condition, see `_newest_matches`); chronicles with fewer matches are ranked in full."""
 
-FIRST_WALK: Final = 2_048
+FIRST_WALK: Final = 256
 """Events the first step of `_newest_matches` walks back through, newest first."""
 WALK_OVER_INDEX: Final = 0.25
 """Cost of walking past one event over that of fetching one match found on a GIN index (measured
@@ -450,27 +450,40 @@ def lexical_terms(text: str) -> tuple[str, str] | None:
 class _Condition(msgspec.Struct, frozen=True):
     """One candidate condition of a source, as the two statements `_newest_matches` chooses from.
 
-    Both return the matching rows newest first, at most ``:pool``, below ``:hi``. ``walk`` reads
-    the events in ``lo < sequence <= hi`` newest first and keeps those that match: it costs the
-    window's events whatever PostgreSQL estimates (the inner LIMIT keeps the condition out of
-    the scan, so the planner cannot turn it into a GIN lookup). ``rest`` leaves the plan to
-    PostgreSQL over all of ``sequence <= hi``: right for a rare condition, found on a GIN index.
+    Each takes a batch: the matching rows newest first, at most ``:pool``, below ``:hi``; and
+    returns the batch's best ``:k`` in the source's order, each row with the batch's size
+    (``batch_rows``), its lowest sequence (``batch_bottom``) and how many of it meet the narrow
+    condition (``batch_narrow``). Ranking in PostgreSQL keeps the batch there: at 100,000 events
+    a batch of a thousand rows decoded in the service cost it more than the search did.
+
+    ``walk`` reads the events in ``lo < sequence <= hi`` newest first and keeps those that match:
+    it costs the window's events whatever PostgreSQL estimates (the inner LIMIT keeps the
+    condition out of the scan, so the planner cannot turn it into a GIN lookup). ``rest`` leaves
+    the plan to PostgreSQL over all of ``sequence <= hi``: right for a rare condition, found on a
+    GIN index.
     """
 
     walk: Select[Any]
     rest: Select[Any]
 
 
+Columns = Callable[[Any], list[ColumnElement[Any]]]
+Predicate = Callable[[Any], ColumnElement[bool]]
+
+
 def _condition(
     shape: tuple[bool, bool, bool],
     source_columns: tuple[str, ...],
-    columns: Callable[[Any], list[ColumnElement[Any]]],
-    condition: Callable[[Any], ColumnElement[bool]],
+    columns: Columns,
+    condition: Predicate,
+    ranking: Columns,
+    narrow: Predicate,
 ) -> _Condition:
-    """Both statements of ``condition`` with ``columns``, over the table columns ``source_columns``.
+    """Both statements of ``condition``, over the table columns ``source_columns``.
 
-    ``columns`` and ``condition`` build their expressions from a column collection: the table's
-    for ``rest``, the inner walk's for ``walk``.
+    ``columns``, ``condition``, ``ranking`` (the ORDER BY) and ``narrow`` build their expressions
+    from a column collection: the table's or the inner walk's for the first two, the batch's for
+    the others.
     """
     as_of, pov, exclude = shape
     table = chronicle_events.c
@@ -493,7 +506,7 @@ def _condition(
         )
         .order_by(sequence.desc())
         .limit(bindparam("span", type_=Integer))
-        .subquery("window")
+        .subquery("newest_events")
     )
     outside: list[ColumnElement[bool]] = [condition(inner.c)]
     if pov:
@@ -506,7 +519,21 @@ def _condition(
         .order_by(inner.c.sequence.desc())
         .limit(bindparam("pool", type_=Integer))
     )
-    return _Condition(walk=walk, rest=rest)
+
+    def best_of(step: Select[Any]) -> Select[Any]:
+        batch = step.subquery("batch")
+        return (
+            select(
+                batch,
+                func.count().over().label("batch_rows"),
+                func.min(batch.c.sequence).over().label("batch_bottom"),
+                func.count().filter(narrow(batch.c)).over().label("batch_narrow"),
+            )
+            .order_by(*ranking(batch.c))
+            .limit(bindparam("k", type_=Integer))
+        )
+
+    return _Condition(walk=best_of(walk), rest=best_of(rest))
 
 
 async def _newest_matches(
@@ -514,29 +541,28 @@ async def _newest_matches(
     conditions: tuple[_Condition, _Condition | None],
     params: Mapping[str, Any],
     newest: int,
-    *,
-    is_narrow: Callable[[Any], bool],
 ) -> list[Any]:
-    """The newest ``CANDIDATE_POOL`` rows of a wide condition and of a narrower one within it.
+    """The best ``:k`` of each batch of the candidates (see `_Condition`): the newest
+    ``CANDIDATE_POOL`` rows of a wide condition and of a narrower one within it (None: none).
 
-    ``is_narrow(row)`` tells whether a row of the wide condition also meets the narrow one (None:
-    there is none). The rows are exactly those of one query per condition over the whole
-    chronicle ("newest first, the first ``CANDIDATE_POOL``"), but that query's cost was at the
-    mercy of the planner's estimate: for correlated words (a first and a last name, whose
-    estimate is the product of their frequencies) it collected and sorted every match, a tenth
-    of a million-event chronicle, instead of walking back through the newest (0.65 s instead of
-    15 ms), and an overestimate walks a whole chronicle for a rare name.
+    The candidates are exactly those of one query per condition over the whole chronicle
+    ("newest first, the first ``CANDIDATE_POOL``"), but that query's cost was at the mercy of the
+    planner's estimate: for correlated words (a first and a last name, whose estimate is the
+    product of their frequencies) it collected and sorted every match, a tenth of a
+    million-event chronicle, instead of walking back through the newest (0.65 s instead of 15
+    ms), and an overestimate walks a whole chronicle for a rare name.
 
     So the density of matches is measured instead: the newest ``FIRST_WALK`` events are walked
     (sequences are gap-free: a window of sequences is a window of events), then each step either
     walks back as far as the density seen so far says the missing rows are (with a margin), or,
     when fetching every remaining match from the GIN index is cheaper than that walk, leaves the
     rest of the chronicle to the planner (a rare condition). Once the wide pool is full the
-    narrow condition goes on alone from where the wide one stopped.
+    narrow condition goes on alone from where the wide one stopped. The batches do not overlap,
+    so the best ``:k`` of all the candidates are among the rows returned.
     """
     pool = CANDIDATE_POOL
     wide, narrow = conditions
-    rows: dict[uuid.UUID, Any] = {}
+    best: list[Any] = []
     current, wide_found, narrow_found = wide, 0, 0
     hi, examined = newest, 0
     while hi > 0:
@@ -555,23 +581,23 @@ async def _newest_matches(
         batch = (
             await conn.execute(statement, {**params, "lo": lo, "hi": hi, "span": hi - lo, "pool": missing})
         ).all()
-        fresh = [row for row in batch if row.id not in rows]
-        rows.update((row.id, row) for row in fresh)
+        best.extend(batch)
+        batch_rows = int(batch[0].batch_rows) if batch else 0
         if current is wide:
-            wide_found += len(fresh)
-            narrow_found += sum(1 for row in fresh if is_narrow(row))
+            wide_found += batch_rows
+            narrow_found += int(batch[0].batch_narrow) if batch else 0
         else:
-            narrow_found += len(fresh)
-        full = len(batch) == missing
-        # A full batch was read down to its last row only: the rest of the window comes again.
-        bottom = int(batch[-1].sequence) - 1 if full else lo
+            narrow_found += batch_rows
+        full = batch_rows == missing
+        # A full batch was read down to its lowest row only: the rest of the window comes again.
+        bottom = int(batch[0].batch_bottom) - 1 if full else lo
         examined += hi - bottom
         hi = bottom
         if full:
             if current is narrow or narrow is None or narrow_found >= pool:
                 break
             current = narrow
-    return list(rows.values())
+    return best
 
 
 async def _newest_sequence(conn: AsyncConnection, q: RetrievalQuery, head: int | None) -> int:
@@ -601,11 +627,19 @@ def _lexical_conditions(
     def all_words(c: Any) -> ColumnElement[bool]:
         return c.search_vector.op("@@")(strict)  # type: ignore[no-any-return]
 
-    needs = ("search_vector",)
+    def ranking(b: Any) -> list[ColumnElement[Any]]:
+        return [b.all_words.desc(), b.rank.desc(), b.sequence.desc(), b.id]
+
+    def narrow(b: Any) -> ColumnElement[bool]:
+        return b.all_words  # type: ignore[no-any-return]
+
+    def of(condition: Predicate) -> _Condition:
+        return _condition(shape, ("search_vector",), columns, condition, ranking, narrow)
+
     # With websearch operators the relaxed text is the strict one: one condition, one pool.
     if operators:
-        return _condition(shape, needs, columns, all_words), None
-    return _condition(shape, needs, columns, any_word), _condition(shape, needs, columns, all_words)
+        return of(all_words), None
+    return of(any_word), of(all_words)
 
 
 async def lexical_search(
@@ -624,11 +658,12 @@ async def lexical_search(
     if terms is None or k < 1:
         return []
     strict_text, relaxed_text = terms
-    params = {"strict_text": strict_text, "relaxed_text": relaxed_text, **_filter_params(q)}
+    params = {"strict_text": strict_text, "relaxed_text": relaxed_text, "k": k, **_filter_params(q)}
     await _settle(conn, None)
     newest = await _newest_sequence(conn, q, head)
     conditions = _lexical_conditions(_shape(q), strict_text == relaxed_text)
-    rows = await _newest_matches(conn, conditions, params, newest, is_narrow=lambda row: row.all_words)
+    rows = await _newest_matches(conn, conditions, params, newest)
+    # The order of the SQL's ORDER BY (uuids compare as bytes there, as integers here: the same).
     rows.sort(key=lambda r: (not r.all_words, -float(r.rank), -int(r.sequence), r.id))
     return [
         Hit(event_id=r.id, sequence=r.sequence, source="lexical", rank=i, score=float(r.rank))
@@ -661,11 +696,18 @@ def _entity_conditions(shape: tuple[bool, bool, bool], n_keys: int) -> tuple[_Co
     def all_keys(c: Any) -> ColumnElement[bool]:
         return c.entity_keys.contains(keys)  # type: ignore[no-any-return]
 
-    needs = ("importance", "actor_keys")
+    def ranking(b: Any) -> list[ColumnElement[Any]]:
+        return [b.matched.desc(), b.as_actor.desc(), b.importance.desc(), b.sequence.desc(), b.id]
+
+    def narrow(b: Any) -> ColumnElement[bool]:
+        return b.matched == n_keys  # type: ignore[no-any-return]
+
+    def of(condition: Predicate) -> _Condition:
+        return _condition(shape, ("importance", "actor_keys"), columns, condition, ranking, narrow)
+
     # Candidates: the newest events involving any focus entity, and (for several) the newest
     # involving all of them.
-    wide = _condition(shape, needs, columns, any_key)
-    return wide, _condition(shape, needs, columns, all_keys) if n_keys > 1 else None
+    return of(any_key), of(all_keys) if n_keys > 1 else None
 
 
 async def entity_search(
@@ -682,14 +724,11 @@ async def entity_search(
     keys = _normalized_keys(q.entity_keys)
     if not keys or k < 1:
         return []
-    params: dict[str, Any] = {"keys": keys, **_filter_params(q)}
+    params: dict[str, Any] = {"keys": keys, "k": k, **_filter_params(q)}
     params.update({f"key_{i}": [key] for i, key in enumerate(keys)})
     await _settle(conn, None)
     newest = await _newest_sequence(conn, q, head)
-    rows = await _newest_matches(
-        conn, _entity_conditions(_shape(q), len(keys)), params, newest,
-        is_narrow=lambda row: row.matched == len(keys),
-    )  # fmt: skip
+    rows = await _newest_matches(conn, _entity_conditions(_shape(q), len(keys)), params, newest)
     rows.sort(key=lambda r: (-int(r.matched), not r.as_actor, -float(r.importance), -int(r.sequence), r.id))
     wanted = set(keys)
     return [
