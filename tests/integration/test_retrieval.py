@@ -272,6 +272,21 @@ async def test_sources_rank_only_the_newest_candidates_of_a_common_name(engine, 
     assert [h.event_id for h in pooled_words] == [h.event_id for h in ranked if h.event_id in expected_words]
 
 
+def record_statements(monkeypatch) -> list[str]:
+    """The SQL of every statement the searches execute from now on, in order."""
+    from rag import retrieval
+
+    statements: list[str] = []
+    real_execute = retrieval.AsyncConnection.execute
+
+    async def recording(self, statement, *args, **kwargs):  # type: ignore[no-untyped-def]
+        statements.append(str(statement))
+        return await real_execute(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(retrieval.AsyncConnection, "execute", recording)
+    return statements
+
+
 async def _uneven_chronicle(engine) -> tuple[uuid.UUID, uuid.UUID, int]:
     """300 events whose names and words are common, rare, clustered in time or correlated."""
     import random
@@ -396,14 +411,7 @@ async def test_the_walk_back_counts_its_statements(engine, monkeypatch) -> None:
     tenant_id, chronicle_id, size = await _uneven_chronicle(engine)
     monkeypatch.setattr(retrieval, "CANDIDATE_POOL", 10)
     monkeypatch.setattr(retrieval, "FIRST_WALK", 8)
-    statements: list[str] = []
-    real_execute = retrieval.AsyncConnection.execute
-
-    async def counting(self, statement, *args, **kwargs):  # type: ignore[no-untyped-def]
-        statements.append(str(statement))
-        return await real_execute(self, statement, *args, **kwargs)
-
-    monkeypatch.setattr(retrieval.AsyncConnection, "execute", counting)
+    statements = record_statements(monkeypatch)
     base = RetrievalQuery(tenant_id=tenant_id, chronicle_id=chronicle_id)
     async with engine.connect() as conn:
         common = await entity_search(conn, msgspec.structs.replace(base, entity_keys=["mara"]), 10, head=size)
@@ -458,14 +466,7 @@ async def test_a_vector_search_over_few_events_of_a_big_table_is_exact(
             )
             return list(rows)
 
-    statements: list[str] = []
-    real_execute = retrieval.AsyncConnection.execute
-
-    async def recording(self, statement, *args, **kwargs):  # type: ignore[no-untyped-def]
-        statements.append(str(statement))
-        return await real_execute(self, statement, *args, **kwargs)
-
-    monkeypatch.setattr(retrieval.AsyncConnection, "execute", recording)
+    statements = record_statements(monkeypatch)
     async with engine.connect() as conn:
         whole = await vector_search(conn, q, 10, 40, head=40)
         early = await vector_search(conn, msgspec.structs.replace(q, as_of_sequence=20), 10, 40)
