@@ -441,13 +441,14 @@ async def test_a_vector_search_over_few_events_of_a_big_table_is_exact(
     from rag.store import append_events
 
     big_tenant, big_chronicle = await new_chronicle(engine)
-    rng = np.random.default_rng(7)
-    vectors = rng.standard_normal((2_000, 384)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     async with engine.begin() as conn:
+        # Without vectors: they make the table big without changing the HNSW graph, which the
+        # approximate searches of other tests walk.
         fillers = [EventIn(summary=f"filler {i}") for i in range(2_000)]
-        embeddings = {i: vectors[i].tolist() for i in range(2_000)}
-        assert await append_events(conn, big_tenant, big_chronicle, fillers, embeddings) is not None
+        assert (
+            await append_events(conn, big_tenant, big_chronicle, fillers, dict.fromkeys(range(2_000)))
+            is not None
+        )
     async with engine.connect() as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
         await conn.execute(text("ANALYZE chronicle_events"))
