@@ -12,6 +12,10 @@ as-of / point-of-view / exclusion filters):
 * ``entity``: events whose ``entity_keys`` (actors, location and effect targets, normalised)
   overlap the focus entities.
 
+The full-text and entity sources rank only the newest ``CANDIDATE_POOL`` matches of each of their
+conditions, found by `_newest_matches` in steps whose cost does not hang on the planner's
+estimates; a vector search over few events of a big table is an exact scan (`vector_search`).
+
 :func:`fuse` combines them by weighted reciprocal rank fusion plus a mild recency prior, and
 :func:`collapse_near_duplicates` re-selects the best by MMR, collapsing near-duplicate events.
 :func:`retrieve` runs the whole pipeline. Weights and sizes come from a
@@ -285,8 +289,8 @@ at a million events: about 1 us per event walked in sequence order, 4 us per mat
 all over the table)."""
 
 # Planned for the words and names at hand, not once for all: a generic plan cannot tell a rare
-# name (a few rows, found on the GIN index) from a main character (a tenth of the chronicle, whose
-# newest matches are quickest found walking the sequence index backwards). The HNSW parameters go
+# name (a few rows, found on the GIN index) from a common one (see `_newest_matches`, which leaves
+# only rare conditions to the planner, and the exact vector path). The HNSW parameters go
 # in the same statement: one round trip per transaction instead of one per search (plus, before,
 # a savepoint and its rollback around every vector search). All transaction-local.
 _SEARCH_SETTINGS: Final = select(
