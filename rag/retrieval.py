@@ -626,7 +626,10 @@ def _lexical_conditions(
         ]
 
     def any_word(c: Any) -> ColumnElement[bool]:
-        return c.search_vector.op("@@")(relaxed)  # type: ignore[no-any-return]
+        # Or all of them: PostgreSQL's parser keeps some tokens whole (an e-mail address, a URL)
+        # that the relaxed text splits into words, and the walk needs all-words matches to be
+        # any-word matches too.
+        return c.search_vector.op("@@")(relaxed.op("||")(strict))  # type: ignore[no-any-return]
 
     def all_words(c: Any) -> ColumnElement[bool]:
         return c.search_vector.op("@@")(strict)  # type: ignore[no-any-return]
@@ -655,8 +658,8 @@ async def lexical_search(
     one (any word); within each group by ``ts_rank_cd`` against the relaxed query (which rewards
     covering more of the words, close together, in the summary over names and places), then
     newest sequence, then id. Only candidates are ranked: the newest ``CANDIDATE_POOL`` matches
-    of all the words and of any word (a common word or name matches a tenth of a long
-    chronicle). ``head``: the chronicle's last sequence, when the caller has it.
+    of all the words and of any word or all of them (a common word or name matches a tenth of a
+    long chronicle). ``head``: the chronicle's last sequence, when the caller has it.
     """
     terms = lexical_terms(q.text)
     if terms is None or k < 1:
