@@ -239,6 +239,12 @@ class RetrievalResult(msgspec.Struct, frozen=True, kw_only=True):
 # --------------------------------------------------------------------------------------------------
 
 
+def _last_in_range(head: int, q: RetrievalQuery) -> int:
+    """The last sequence a search of ``q`` may return: the chronicle's last (``head``) or the
+    as-of sequence, whichever is lower."""
+    return head if q.as_of_sequence is None else min(head, q.as_of_sequence)
+
+
 def _normalized_keys(keys: Iterable[str]) -> list[str]:
     return sorted({key for key in (normalize_name(k) for k in keys) if key})
 
@@ -420,7 +426,7 @@ async def vector_search(
         return []
     await _settle(conn, (ef_search, iterative_scan, max_scan_tuples))
     params = {"query_vector": q.query_vector, "k": k, **_filter_params(q)}
-    in_range = min((n for n in (head, q.as_of_sequence) if n is not None), default=None)
+    in_range = q.as_of_sequence if head is None else _last_in_range(head, q)
     exact = (
         in_range is not None
         and in_range <= exact_up_to
@@ -608,7 +614,7 @@ async def _newest_sequence(conn: AsyncConnection, q: RetrievalQuery, head: int |
     """Where the walk back starts: the as-of sequence or the chronicle's last (read if not given)."""
     if head is None:
         head = await conn.scalar(_HEAD, {"chronicle_id": q.chronicle_id, "tenant_id": q.tenant_id}) or 0
-    return int(head) if q.as_of_sequence is None else min(int(head), q.as_of_sequence)
+    return _last_in_range(int(head), q)
 
 
 @functools.cache
@@ -975,7 +981,7 @@ async def retrieve(
     timings["chronicle"] = _ms(t)
     if head is None:
         return None
-    max_sequence = int(head) if q.as_of_sequence is None else min(int(head), q.as_of_sequence)
+    max_sequence = _last_in_range(int(head), q)
 
     if any(source not in (searched or {}) for source in q.sources):
         await prepare_search(conn, preset)
