@@ -140,6 +140,8 @@ class RelationshipView(msgspec.Struct, frozen=True):
     valence: dict[str, float]
     created_sequence: int
     updated_sequence: int
+    event_id: uuid.UUID | None = None
+    """The event that last changed a valence of the record (None: only relation types set)."""
 
 
 class EntityCore(msgspec.Struct, frozen=True):
@@ -305,6 +307,13 @@ def _ref_field(components: Mapping[str, Any], component: str, field: str) -> uui
         return None
 
 
+def _latest_event(provenance: Mapping[str, Any]) -> uuid.UUID | None:
+    """The event of the newest entry of a relationship's provenance (``{dimension: [sequence,
+    event_id]}``, as stored), so that a valence is cited like every other fact."""
+    entries = [(int(sequence), str(event_id)) for sequence, event_id in provenance.values() if event_id]
+    return uuid.UUID(max(entries)[1]) if entries else None
+
+
 def _relation_types(raw: Mapping[str, Any]) -> list[RelationType]:
     types = []
     for name in sorted(raw):
@@ -419,6 +428,7 @@ _RELATIONSHIPS: Final = (
         ecs_relationships.c.valence,
         ecs_relationships.c.created_sequence,
         ecs_relationships.c.updated_sequence,
+        ecs_relationships.c.provenance,
     )
     .select_from(
         ecs_relationships.outerjoin(_from_e, _from_e.c.id == ecs_relationships.c.from_id).outerjoin(
@@ -535,6 +545,7 @@ async def _complete_chronicle_views(
                     valence={str(k): float(v) for k, v in row.valence.items()},
                     created_sequence=row.created_sequence,
                     updated_sequence=row.updated_sequence,
+                    event_id=_latest_event(row.provenance),
                 )
             )
 
@@ -601,6 +612,7 @@ def _relationship_view(
         valence={k: float(v) for k, v in record.valence.items()},
         created_sequence=record.created_sequence,
         updated_sequence=record.updated_sequence,
+        event_id=_latest_event(msgspec.to_builtins(record.provenance)),
     )
 
 

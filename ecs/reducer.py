@@ -140,7 +140,7 @@ __all__ = [
     "state_hash",
 ]
 
-REDUCER_VERSION: Final = 1
+REDUCER_VERSION: Final = 2
 """Bump when the reducer's semantics change: it seeds :data:`GENESIS_HASH`, invalidating checkpoints."""
 
 ENTITY_NAMESPACE: Final = uuid.UUID("55fc0481-faf0-591b-83ff-248210c489a1")
@@ -426,6 +426,16 @@ def _typed(name: str, value: Any) -> Any:
     if ctype is None or isinstance(value, ctype):
         return value
     return msgspec.convert(value, ctype)
+
+
+VALENCE_DIGITS: Final = 9
+"""Decimals a valence keeps. Sums of deltas carry binary rounding noise (0.7 + 0.1 is
+0.7999999999999999), which clients would see and compare against; nine decimals drop the noise
+and keep every distinction a story makes."""
+
+
+def _valence_digits(x: float) -> float:
+    return round(x, VALENCE_DIGITS)
 
 
 def _clamp(x: float) -> float:
@@ -873,7 +883,7 @@ class _Reduction:
             value = _clamp(effect.value)
         else:
             assert effect.delta is not None  # ValenceEffect guarantees exactly one
-            value = _clamp(previous + effect.delta)
+            value = _clamp(_valence_digits(previous + effect.delta))
         self.emit(
             ValenceChanged(
                 **self._prov,
@@ -881,7 +891,7 @@ class _Reduction:
                 to_id=b,
                 dimension=dimension,
                 previous=previous,
-                delta=value - previous + 0.0,
+                delta=_valence_digits(value - previous) + 0.0,
                 value=value,
             )
         )

@@ -88,7 +88,11 @@ def state_from_world(state: WorldState, entity_id: str) -> EntityState | None:
             continue
         outgoing = record.from_id == entity_id
         other = state.entities[record.to_id if outgoing else record.from_id]
-        latest = max(record.provenance.values(), key=lambda p: p.sequence, default=None)
+        latest = max(
+            (p for p in record.provenance.values() if p.event_id),
+            key=lambda p: (p.sequence, p.event_id),
+            default=None,
+        )
         relationships.append(
             RelationFact(
                 other_id=other.id,
@@ -304,6 +308,7 @@ class EcsStateSource:
                     types=sorted(t.type for t in r.types),
                     valence={k: r.valence[k] for k in sorted(r.valence)},
                     sequence=r.updated_sequence,
+                    event_id=None if r.event_id is None else str(r.event_id),
                 )
                 for r in view.relationships
             ],

@@ -113,6 +113,24 @@ async def test_chronicle_only_mode_still_answers_where_now(client, tenant, story
     assert bram["status"]["value"] == "dead"
 
 
+@pytest.mark.parametrize("mode", ["full", "chronicle_only"])
+async def test_a_valence_is_cited_with_the_event_that_last_changed_it(client, tenant, story, mode) -> None:
+    bundle = await context(client, tenant, story, query="Does Elara trust Oswin?", mode=mode)
+    assert bundle["mode"] == mode
+    events = (
+        await client.get(f"/api/chronicles/{story}/events", params={"limit": 100}, headers=tenant.headers)
+    ).json()["items"]
+    event_at = {e["sequence"]: e["id"] for e in events}
+    [to_oswin] = [
+        r
+        for r in state_of(bundle, "Elara")["relationships"]
+        if r["other"] == "Oswin" and r["direction"] == "outgoing"
+    ]
+    # Set to 0.7 in event 28, then +0.1 in event 30: the sum is exactly 0.8, not 0.7999999999999999.
+    assert to_oswin["valence"] == {"trust": 0.8}
+    assert to_oswin["event_id"] == event_at[30]
+
+
 async def test_pov_limits_history_to_what_the_character_could_know(client, tenant, story) -> None:
     bundle = await context(client, tenant, story, query="What happened at the Lantern Inn?", pov="Elara",
                            max_tokens=4000)  # fmt: skip

@@ -221,6 +221,7 @@ async def test_bram_is_dead_in_the_lantern_cellar(client, story: Story) -> None:
             "valence": {"trust": pytest.approx(0.3)},
             "created_sequence": 6,
             "updated_sequence": 6,
+            "event_id": story.events[5]["id"],  # sequence 6: the trust it set is cited
         }
     ]
 
