@@ -104,6 +104,7 @@ __all__ = [
     "ENTITY_NAMESPACE",
     "GENESIS_HASH",
     "REDUCER_VERSION",
+    "VALENCE_DIGITS",
     "AliasAdded",
     "Anomaly",
     "Change",

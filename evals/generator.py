@@ -54,6 +54,7 @@ from typing import Any, Final
 import msgspec
 
 from ecs.reducer import (
+    VALENCE_DIGITS,
     AliasAdded,
     Anomaly,
     ChronicleEvent,
@@ -1135,7 +1136,7 @@ class _Builder:
                 case ValenceEffect(from_=a, to=b, dimension=dim, delta=delta, value=value):
                     key3 = (self.canonical(a), self.canonical(b), dim)
                     previous = self.valence.get(key3, 0.0)
-                    raw = value if value is not None else previous + (delta or 0.0)
+                    raw = value if value is not None else round(previous + (delta or 0.0), VALENCE_DIGITS)
                     new = min(1.0, max(-1.0, raw)) + 0.0
                     self.valence[key3] = new
                     self.book.record(i, ("valence", *key3), new)
