@@ -11,7 +11,8 @@ characters), compared case-folded token by token, with "glued" tokens (``O'Brien
 glued in the text too and whitespace-separated ones separated by whitespace. That gives
 whole-word matching (``Bram`` never matches inside ``Brambles``, but matches in ``Bram's``), spans
 that always fall on character boundaries of the original text, and a cost that does not depend on
-compiling a regex over thousands of names on every request.
+compiling a regex over thousands of names on every request. A single word of a multi-word name
+("Silas" for Silas Crane) is a term of its own too, below every whole name (see ``_name_words``).
 
 Facets are coarse intents (where is X? who holds Y? is Z alive?) detected by word-boundary
 regexes; the context assembler uses them to decide which facts and events to rank first.
@@ -20,7 +21,7 @@ regexes; the context assembler uses them to decide which facts and events to ran
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Final, Literal, get_args
 
 import msgspec
@@ -334,10 +335,56 @@ def _build_terms(known: Sequence[KnownEntity]) -> dict[str, list[_Term]]:
         glued = tuple(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))
         term = _Term(tuple(tokens), glued, tuple(sorted(ids)), ambiguous=len(ids) > 1)
         index.setdefault(tokens[0], []).append(term)
+    for word, ids in _name_words(known, exclude=index).items():
+        if len(ids) <= MAX_NAME_WORD_ENTITIES:
+            index.setdefault(word, []).append(_Term((word,), (), tuple(sorted(ids)), ambiguous=len(ids) > 1))
     for terms in index.values():
         # Longest first, so "Lantern Cellar" wins over "Lantern"; then by tokens for determinism.
         terms.sort(key=lambda t: (-len(t.tokens), t.tokens, t.glued))
     return index
+
+
+MAX_NAME_WORD_ENTITIES: Final = 3
+"""A word of a name refers to the entities whose names (or aliases) contain it when at most this
+many do; a word that more share ("Captain" in a whole garrison, a family name) names nobody."""
+NAME_WORD_MIN_CHARS: Final = 3
+# Words of names that are far more often just words of the question.
+# fmt: off
+_NOT_NAME_WORDS: Final = frozenset({
+    "the", "and", "for", "from", "with", "into", "onto", "upon", "over", "under", "about", "after",
+    "before", "who", "whom", "whose", "what", "where", "when", "why", "how", "which", "are", "was",
+    "were", "has", "have", "had", "does", "did", "now", "then", "this", "that", "these", "those",
+    "his", "her", "hers", "him", "she", "they", "them", "their", "its", "our", "your", "you", "not",
+    "all", "any", "some", "one", "two", "van", "von", "der", "den", "des", "del", "les", "los",
+    "las",
+})
+# fmt: on
+
+
+def _name_words(known: Sequence[KnownEntity], exclude: Mapping[str, list[_Term]]) -> dict[str, set[str]]:
+    """Single words of multi-word names and aliases, with the entities they may refer to.
+
+    People call characters by one name ("Silas" for Silas Crane, "the captain" for Captain
+    Elara) and things by their head noun ("the spyglass" for the brass spyglass). A word that is
+    a whole name or alias of its own is left to that term, which always wins; short and function
+    words are never names on their own.
+    """
+    whole = {terms_key for terms_key, terms in exclude.items() if any(len(t.tokens) == 1 for t in terms)}
+    words: dict[str, set[str]] = {}
+    for entity in known:
+        for label in (entity.name, *entity.aliases):
+            tokens = [t for t in _split(" ".join(label.split()))[0] if _WORD_CHAR.match(t)]
+            if len(tokens) < 2:
+                continue
+            for word in tokens:
+                if (
+                    len(word) >= NAME_WORD_MIN_CHARS
+                    and not word.isdigit()
+                    and word not in _NOT_NAME_WORDS
+                    and word not in whole
+                ):
+                    words.setdefault(word, set()).add(entity.id)
+    return words
 
 
 _Fingerprint = tuple[tuple[str, str, tuple[str, ...]], ...]
@@ -420,9 +467,10 @@ def _find_mentions(
 
 
 def _resolve_focus(
-    entry: str, known: Sequence[KnownEntity], by_id: dict[str, KnownEntity]
+    entry: str, known: Sequence[KnownEntity], by_id: dict[str, KnownEntity], index: _Index
 ) -> list[KnownEntity]:
-    """Exact id first, then entities named ``entry``, then entities with it as an alias."""
+    """Exact id first, then entities named ``entry``, then entities with it as an alias, then
+    (a single word) the entities whose names contain it, as in the text."""
     if entry in by_id:
         return [by_id[entry]]
     key = normalize_name(entry)
@@ -432,7 +480,13 @@ def _resolve_focus(
     if named:
         return sorted(named, key=lambda e: e.id)
     aliased = [e for e in known if any(normalize_name(a) == key for a in e.aliases)]
-    return sorted(aliased, key=lambda e: e.id)
+    if aliased:
+        return sorted(aliased, key=lambda e: e.id)
+    tokens = _split(key)[0]
+    if len(tokens) != 1:
+        return []
+    term = next((t for t in index.get(tokens[0], ()) if t.tokens == (tokens[0],)), None)
+    return [] if term is None else [by_id[i] for i in term.entity_ids]
 
 
 def _window(text: str) -> tuple[str, bool]:
@@ -484,7 +538,7 @@ def analyse_query(
     for entry in _dedupe(focus):
         if not entry.strip():
             continue  # a blank entry is a client-side artefact, not a request worth reporting
-        resolved = _resolve_focus(entry, known, by_id)
+        resolved = _resolve_focus(entry, known, by_id, _terms_for(known, scope))
         if not resolved:
             unresolved.append(entry)
         for entity in resolved:

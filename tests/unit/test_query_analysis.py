@@ -61,8 +61,8 @@ def test_names_are_matched_case_insensitively_with_spans() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("What happened to Bram's key?", ["c-bram"]),
-        ("What happened to Bram’s key?", ["c-bram"]),  # typographic apostrophe
+        ("What happened to Bram's key?", ["c-bram", "i-key"]),  # "key": the Silver Key
+        ("What happened to Bram’s key?", ["c-bram", "i-key"]),  # typographic apostrophe
         ("Bram, Maud; Tamsin!", ["c-bram", "c-maud", "c-tamsin"]),
         ("(Bram)", ["c-bram"]),
         ('"Elara?"', ["c-elara"]),
@@ -84,7 +84,8 @@ def test_names_never_match_inside_words(text: str) -> None:
 
 def test_aliases_resolve_to_their_entity() -> None:
     result = analyse_query("Where did the Magpie hide the ledger?", CAST)
-    (mention,) = result.mentions
+    mention, ledger = result.mentions
+    assert ledger.entity_id == "i-ledger"  # "ledger": a word of the Salt Ledger's name
     assert mention.entity_id == "c-corvin"
     assert mention.name == "Corvin"
     assert mention.matched == "the Magpie"
@@ -114,16 +115,66 @@ def test_overlapping_names_take_the_leftmost_match() -> None:
         KnownEntity(id="a", name="Salt Road"),
         KnownEntity(id="b", name="Road Warden"),
     ]
-    # "Salt Road" starts first, so it claims "Road"; "Road Warden" cannot overlap it.
-    assert ids("the Salt Road Warden", known) == ["a"]
+    # "Salt Road" starts first, so it claims "Road"; "Road Warden" cannot overlap it, and is
+    # found only by the word left over.
+    result = analyse_query("the Salt Road Warden", known)
+    assert [(m.entity_id, m.matched) for m in result.mentions] == [("a", "Salt Road"), ("b", "Warden")]
     assert ids("the Road Warden", known) == ["b"]
 
 
 def test_names_with_inner_punctuation_must_line_up() -> None:
     known = [KnownEntity(id="ob", name="O'Brien"), KnownEntity(id="si", name="St. Ives")]
     assert ids("Ask o'brien and st.  ives", known) == ["ob", "si"]
-    assert ids("Ask O 'Brien", known) == []
-    assert ids("Ask St.Ives", known) == []
+    # Not lined up, the whole name does not match; its longest word still does, by itself.
+    for text, word in (("Ask O 'Brien", "Brien"), ("Ask St.Ives", "Ives")):
+        assert [m.matched for m in analyse_query(text, known).mentions] == [word]
+
+
+STRANGERS = [
+    KnownEntity(id="silas", name="Silas Crane"),
+    KnownEntity(id="tobias", name="Tobias Finch"),
+    KnownEntity(id="marguerite", name="Marguerite O'Connell", aliases=["the Keeper"]),
+    KnownEntity(id="spyglass", name="brass spyglass", kind="item"),
+    KnownEntity(id="finch", name="Finch", kind="character"),  # a name of its own: always wins
+    KnownEntity(id="rock", name="Gull Rock", kind="location"),
+    KnownEntity(id="cove", name="Black Cove", kind="location"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Where is Silas now?", ["silas"]),
+        ("What happened to Crane?", ["silas"]),
+        ("Who has the spyglass?", ["spyglass"]),
+        ("Does the keeper trust Tobias?", ["marguerite", "tobias"]),
+        ("Was O'Connell at the rock?", ["marguerite", "rock"]),
+        ("Where is Finch?", ["finch"]),  # the entity named Finch, not Tobias Finch
+        ("Tobias Finch and Finch", ["tobias", "finch"]),
+        # Short and function words of names are never names by themselves.
+        ("Who went to the cove with the brass?", ["cove", "spyglass"]),
+        ("What is the gull doing at o'clock?", ["rock"]),
+    ],
+)
+def test_a_word_of_a_name_refers_to_its_entity(text: str, expected: list[str]) -> None:
+    assert ids(text, STRANGERS) == expected
+
+
+def test_a_name_word_shared_by_a_few_is_ambiguous_and_by_many_names_nobody() -> None:
+    pair = [KnownEntity(id="silas", name="Silas Crane"), KnownEntity(id="martha", name="Martha Crane")]
+    result = analyse_query("Where is Crane?", pair)
+    assert [(m.entity_id, m.ambiguous) for m in result.mentions] == [("martha", True), ("silas", True)]
+    garrison = [KnownEntity(id=f"c{i}", name=f"Captain {name}") for i, name in enumerate("ABCD")]
+    assert ids("Where is the captain?", garrison) == []
+    assert ids("Where is the captain?", garrison[:3]) == ["c0", "c1", "c2"]
+    assert ids("Where is Captain B?", garrison) == ["c1"]
+
+
+def test_focus_may_name_an_entity_by_one_word_of_its_name() -> None:
+    result = analyse_query("What now?", STRANGERS, focus=["Silas", "spyglass", "Nobody"])
+    assert result.entity_ids == ["silas", "spyglass"]
+    assert result.unresolved_focus == ("Nobody",)
+    assert analyse_query("What now?", STRANGERS, focus=["Finch"]).entity_ids == ["finch"]
 
 
 def test_each_entity_is_listed_once_at_its_first_occurrence() -> None:
