@@ -624,6 +624,9 @@ def _state_view(state: EntityState, relationships: Sequence[RelationFact]) -> di
         "status": None
         if state.status is None
         else {"value": state.status.value, "sequence": state.status.sequence},
+        "holder": None
+        if state.holder is None
+        else {"value": state.holder.value, "sequence": state.holder.sequence},
         "inventory": [{"name": i.value, "sequence": i.sequence} for i in state.inventory],
         "components": {name: fact.value for name, fact in sorted(state.components.items())},
         "relationships": [

@@ -131,6 +131,16 @@ async def test_a_valence_is_cited_with_the_event_that_last_changed_it(client, te
     assert to_oswin["event_id"] == event_at[30]
 
 
+async def test_who_has_an_item_is_answered_by_its_holder_line(client, tenant, story) -> None:
+    # "the key": one word of the Silver Key's name is enough to make it the focus.
+    bundle = await context(client, tenant, story, query="Who has the key now?", format="both")
+    assert [f["name"] for f in bundle["focus"]] == ["Silver Key"]
+    holder = state_of(bundle, "Silver Key")["holder"]
+    assert holder["value"] == "Elara"
+    assert "### Silver Key (item)\n- Location: Saltcrag Keep" in bundle["text"]
+    assert f"- Held by: Elara (since #{holder['sequence']})\n" in bundle["text"]
+
+
 async def test_pov_limits_history_to_what_the_character_could_know(client, tenant, story) -> None:
     bundle = await context(client, tenant, story, query="What happened at the Lantern Inn?", pov="Elara",
                            max_tokens=4000)  # fmt: skip

@@ -431,7 +431,9 @@ async def test_entity_states_are_kept_per_checkpoint_and_read_again_when_it_move
     assert [s.id for s in again] == [bo.id, ada.id]  # in the order asked for
     assert again[1] is ada and (states.hits, states.misses) == (2, 2)
     # A projection moves the checkpoint: the next request reads the rows of the new state.
-    await ingest(engine, tenant_id, chronicle_id, [EventIn(summary="Ada goes out.", actors=["Ada"], location="Yard")])
+    await ingest(
+        engine, tenant_id, chronicle_id, [EventIn(summary="Ada goes out.", actors=["Ada"], location="Yard")]
+    )
     await projector.catch_up(chronicle_id)
     (moved,) = await state_of("Ada")
     assert moved.location.value == "Yard"

@@ -32,6 +32,7 @@ def sample_context(**overrides: Any) -> dict[str, Any]:
                 "kind": "character",
                 "location": {"name": "Lantern Cellar", "sequence": 14},
                 "status": {"value": "dead", "sequence": 15},
+                "holder": None,
                 "inventory": ["Salt Ledger"],
                 "components": {
                     "Health": {"hp": 0, "condition": "dead"},
@@ -46,6 +47,7 @@ def sample_context(**overrides: Any) -> dict[str, Any]:
                 "kind": "character",
                 "location": {"name": "Lantern Inn"},
                 "status": "alive",
+                "holder": None,
                 "inventory": [{"name": "Silver Key", "sequence": 16}],
                 "components": {},
                 "relationships": [
@@ -62,9 +64,20 @@ def sample_context(**overrides: Any) -> dict[str, Any]:
                 "kind": "character",
                 "location": None,
                 "status": None,
+                "holder": None,
                 "inventory": [],
                 "components": {},
                 "relationships": [{"other": "Tamsin", "types": ["employs"], "valence": {}}],
+            },
+            {
+                "name": "Silver Key",
+                "kind": "item",
+                "location": {"name": "Lantern Inn", "sequence": 16},
+                "status": None,
+                "holder": {"value": "Tamsin", "sequence": 16},
+                "inventory": [],
+                "components": {},
+                "relationships": [],
             },
         ],
         "history": [
@@ -127,7 +140,9 @@ def test_default_directory_is_the_repo_prompts_folder(registry: TemplateRegistry
     assert Path(__file__).resolve().parents[2] / "prompts" == DEFAULT_PROMPTS_DIR
     assert registry.directory == DEFAULT_PROMPTS_DIR
     assert registry.available() == ["compact", "default", "roleplay"]
-    assert registry.versions() == ["compact.v1", "default.v1", "roleplay.v1"]
+    assert registry.versions() == [
+        "compact.v1", "compact.v2", "default.v1", "default.v2", "roleplay.v1", "roleplay.v2"
+    ]  # fmt: skip
 
 
 def test_bare_names_resolve_to_the_latest_version(tmp_path: Path) -> None:
@@ -349,6 +364,32 @@ def test_roleplay_speaks_to_the_point_of_view(registry: TemplateRegistry) -> Non
     stranger = registry.render("roleplay", sample_context(pov="Maud"))
     assert "You are Maud." in stranger
     assert "## You" not in stranger
+
+
+@pytest.mark.parametrize(
+    ("name", "line"),
+    [
+        (
+            "default",
+            "### Silver Key (item)\n- Location: Lantern Inn (since #16)\n- Held by: Tamsin (since #16)\n",
+        ),
+        ("compact", "Silver Key.held_by=Tamsin #16\n"),
+        ("roleplay", "- Silver Key (item), at Lantern Inn, held by Tamsin.\n"),
+    ],
+)
+def test_version_2_says_who_holds_an_item_and_version_1_is_unchanged(
+    registry: TemplateRegistry, name: str, line: str
+) -> None:
+    assert registry.resolve(name) == f"{name}.v2"
+    assert line in registry.render(name, sample_context(pov=None))
+    old = registry.render(f"{name}.v1", sample_context(pov=None))
+    assert "eld by" not in old and "held_by" not in old
+    # Otherwise the two versions say the same.
+    held = {"Held by: Tamsin (since #16)", "Silver Key.held_by=Tamsin #16", ", held by Tamsin"}
+    new = registry.render(f"{name}.v2", sample_context(pov=None))
+    for fact in held:
+        new = new.replace("\n- " + fact + "\n", "\n").replace(fact + "\n", "").replace(fact, "")
+    assert new == old
 
 
 def test_compact_is_one_line_per_fact(registry: TemplateRegistry) -> None:
