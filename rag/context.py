@@ -630,7 +630,8 @@ def _state_view(state: EntityState, relationships: Sequence[RelationFact]) -> di
         "inventory": [{"name": i.value, "sequence": i.sequence} for i in state.inventory],
         "components": {name: fact.value for name, fact in sorted(state.components.items())},
         "relationships": [
-            {"other": r.other, "types": list(r.types), "valence": dict(r.valence), "sequence": r.sequence}
+            {"other": r.other, "direction": r.direction, "types": list(r.types), "valence": dict(r.valence),
+             "sequence": r.sequence}
             for r in relationships
         ],
     }  # fmt: skip

@@ -392,6 +392,24 @@ def test_version_2_says_who_holds_an_item_and_version_1_is_unchanged(
     assert new == old
 
 
+def test_version_2_says_whose_feeling_a_relationship_is(registry: TemplateRegistry) -> None:
+    # Maud's trust toward Bram, seen from Bram: v1 listed it like Bram's own ("Maud: trust -0.40").
+    context = sample_context(pov=None)
+    context["state"][0]["relationships"].append(
+        {"other": "Maud", "direction": "incoming", "types": [], "valence": {"trust": -0.4}, "sequence": 7}
+    )
+    default = registry.render("default", context)
+    assert "  - Oswin: host_of; trust +0.10 (since #6)\n  - from Maud: trust -0.40 (since #7)\n" in default
+    assert "Bram<-Maud: trust -0.40 #7\n" in registry.render("compact", context)
+    assert "Bram->Oswin: host_of; trust +0.10 #6\n" in registry.render("compact", context)
+    roleplay = registry.render("roleplay", context)
+    assert (
+        "  - toward Oswin: host_of; trust +0.10 (since #6)\n  - from Maud: trust -0.40 (since #7)\n"
+        in roleplay
+    )
+    assert "  - Maud: trust -0.40" in registry.render("default.v1", context)  # as it was
+
+
 def test_compact_is_one_line_per_fact(registry: TemplateRegistry) -> None:
     text = registry.render("compact", sample_context())
     lines = text.splitlines()
