@@ -23,7 +23,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from ecs.cache import EntityCache
 from ecs.components import Holder, Position, Status
 from ecs.projector import replay_stored, to_chronicle_event
-from ecs.queries import complete_views, get_entity_core
+from ecs.queries import EntityFilters, complete_views, get_entity_core, list_entities
 from ecs.reducer import (
     AliasAdded,
     Entity,
@@ -314,6 +314,25 @@ class EcsStateSource:
             ],
         )
 
+    async def present_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[str]:
+        """Characters at the place (now, or as of a sequence: replayed), in order of appearance."""
+        position = await self.position()
+        if as_of_sequence is not None and as_of_sequence < (position or 0):
+            async with self.chronicle_engine.connect() as conn:
+                events = await events_up_to(conn, self.tenant_id, self.chronicle_id, as_of_sequence)
+            state, _, _ = replay_stored(events, self.chronicle_id)
+            return present_in_world(state, location_id, limit)
+        try:
+            place = uuid.UUID(location_id)
+        except ValueError:
+            return []
+        filters = EntityFilters(kind=PRESENT_KIND, location_id=place)
+        async with self.ecs_engine.connect() as conn:
+            found = await list_entities(
+                conn, self.tenant_id, self.chronicle_id, filters, after=None, limit=limit
+            )
+        return [str(summary.id) for summary in found]
+
     async def replayed(self, entity_ids: Sequence[str], as_of_sequence: int) -> list[EntityState]:
         """The entities as they were at `as_of_sequence`, replayed from the chronicle."""
         async with self.chronicle_engine.connect() as conn:
@@ -567,6 +586,37 @@ class ChronicleReplayStateSource:
                     found.append(KnownEntity(id=key, name=entity.name, kind=entity.kind))
         return found
 
+    async def present_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[str]:
+        """Characters named in the place's recent events (``PRESENCE_SCAN_EVENTS``) whose replay
+        puts them there, newest-named first; ids are normalized names, as everywhere here."""
+        known = {k.id: k for k in await self.known_entities()}
+        place = known.get(location_id)
+        keys = sorted({location_id, *(normalize_name(a) for a in place.aliases)} if place else {location_id})
+        conditions = [*self._in_chronicle(), chronicle_events.c.entity_keys.overlap(keys)]
+        if as_of_sequence is not None:
+            conditions.append(chronicle_events.c.sequence <= as_of_sequence)
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(chronicle_events.c.entity_keys)
+                .where(*conditions)
+                .order_by(chronicle_events.c.sequence.desc())
+                .limit(PRESENCE_SCAN_EVENTS)
+            )
+            named = [key for (entity_keys,) in rows for key in entity_keys]
+        candidates = [
+            key
+            for key in dict.fromkeys(named)
+            if key in known and key not in keys and known[key].kind == PRESENT_KIND
+        ][: 2 * limit]
+        present = []
+        for state in await self.entity_states(candidates, as_of_sequence):
+            # The kind the replay found (a spawn says "item") over the name scan's guess.
+            if state.kind != PRESENT_KIND or state.location is None:
+                continue
+            if normalize_name(str(state.location.value)) in keys:
+                present.append(state.id)
+        return present[:limit]
+
     async def entity_states(self, entity_ids: Sequence[str], as_of_sequence: int | None) -> list[EntityState]:
         """`entity_ids` are normalized names (from `known_entities`)."""
         if not entity_ids:
@@ -595,6 +645,24 @@ class ChronicleReplayStateSource:
                 if state is not None:
                     states.append(msgspec.structs.replace(state, id=key))
         return states
+
+
+PRESENT_KIND = "character"
+"""Who is "at" a place: its characters (the items they carry are in their inventories)."""
+PRESENCE_SCAN_EVENTS = 200
+"""Degraded presence: the place's most recent events whose entities are replayed to see who is
+still there (an entity that arrived before them and never left is missed)."""
+
+
+def present_in_world(state: WorldState, location_id: str, limit: int) -> list[str]:
+    """Characters whose place in a reducer state is ``location_id``, in order of appearance."""
+    present = [
+        entity
+        for entity in state.entities.values()
+        if entity.kind == PRESENT_KIND and location_of(state, entity.id) == location_id
+    ]
+    present.sort(key=lambda e: (e.created_sequence, e.id))
+    return [entity.id for entity in present[:limit]]
 
 
 def named_in_event(

@@ -62,6 +62,9 @@ A = TypeVar("A")
 B = TypeVar("B")
 RECENT_EVENTS = 5
 RENDERED_RELATIONSHIPS = 12
+PRESENT_STATES = 8
+"""A question about who is at a place ("who was at the keep?") brings the state of at most this
+many of the characters there (in order of appearance), besides the place's own."""
 """At most this many relationships per focus entity in the text (see `_rendered_relationships`)."""
 
 
@@ -119,6 +122,10 @@ class StateSource(Protocol):
         """The last chronicle sequence this state reflects."""
         ...
 
+    async def present_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[str]:
+        """The characters at a place (now, or as of a sequence), at most ``limit``."""
+        ...
+
 
 class ContextRequest(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: uuid.UUID
@@ -166,6 +173,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     preset: str
     facets: list[str]
     unresolved_focus: list[str]
+    present: dict[str, list[str]] = {}
+    """For a presence question: each place in focus -> the characters there whose state is included
+    for that reason (names, in order)."""
 
 
 class Bundle(msgspec.Struct, frozen=True, kw_only=True):
@@ -231,6 +241,8 @@ async def assemble_context(
     pov_keys = _pov_keys(request.pov, known)
     upto = request.as_of_sequence if request.as_of_sequence is not None else chronicle_sequence
 
+    present: dict[str, list[str]] = {}  # place id -> ids of the characters there
+
     async def read_state() -> tuple[list[EntityState], EntityState | None, float]:
         t = time.perf_counter()
         if state_source is None or not request.include_state:
@@ -240,11 +252,21 @@ async def assemble_context(
         if pov_id is not None and pov_id not in wanted:
             wanted.append(pov_id)
         fetched = {s.id: s for s in await state_source.entity_states(wanted, request.as_of_sequence)}
-        return (
-            [fetched[i] for i in focus_ids if i in fetched],
-            fetched.get(pov_id) if pov_id else None,
-            _ms(t),
-        )
+        states = [fetched[i] for i in focus_ids if i in fetched]
+        if analysis.has("presence"):
+            # "Who was at the keep?": the answer is the state of the characters there, which no
+            # name in the question brings.
+            for place in [s for s in states if s.kind == "location"]:
+                present[place.id] = await state_source.present_at(
+                    place.id, request.as_of_sequence, PRESENT_STATES
+                )
+            more = [i for i in dict.fromkeys(i for ids in present.values() for i in ids) if i not in fetched]
+            fetched |= {s.id: s for s in await state_source.entity_states(more, request.as_of_sequence)}
+            # By name: the same order whichever source answered (ECS or a replay).
+            states += sorted(
+                (fetched[i] for i in more if i in fetched), key=lambda s: (s.name.casefold(), s.id)
+            )
+        return states, fetched.get(pov_id) if pov_id else None, _ms(t)
 
     async def embedding() -> tuple[list[float], float]:
         t = time.perf_counter()
@@ -351,10 +373,15 @@ async def assemble_context(
 
     t = time.perf_counter()
     focus_state_ids = {s.id for s in states}
+    names = {s.id: s.name for s in states}
+    present_names = {
+        place: sorted((names[i] for i in ids if i in names), key=str.casefold)
+        for place, ids in present.items()
+    }
     state_views = []
     for s in states:
         shown, hidden = _rendered_relationships(s, focus_state_ids)
-        state_views.append(_state_view(s, shown))
+        state_views.append(_state_view(s, shown, present_names.get(s.id)))
         if hidden:
             omitted.append(
                 Omitted(section="state", id=s.id, reason=(
@@ -362,13 +389,15 @@ async def assemble_context(
                     "(the weakest, none with another focus entity); all are in the JSON state"
                 ))
             )  # fmt: skip
+    # The entities the question is about; the characters present at one of them are not.
+    focus_list = [{"id": s.id, "name": s.name, "kind": s.kind} for s in states if s.id in focus_ids]
     render_base = {
         "query": request.query,
         "mode": mode,
         "degraded_reason": degraded_reason,
         "source": state_source.label if state_source is not None else "none",
         "pov": pov_state.name if pov_state is not None else request.pov,
-        "focus": [{"id": s.id, "name": s.name, "kind": s.kind} for s in states],
+        "focus": focus_list,
         "state": state_views,
     }
     # Keep history by score; render it in chronological order.
@@ -436,7 +465,7 @@ async def assemble_context(
         state_source=state_source.label if state_source is not None else "none",
         chronicle_sequence=chronicle_sequence,
         ecs_sequence=await state_source.position() if state_source is not None else None,
-        focus=[{"id": s.id, "name": s.name, "kind": s.kind} for s in states],
+        focus=focus_list,
         state=states,
         history=final_history,
         recent=final_recent,
@@ -449,6 +478,7 @@ async def assemble_context(
             preset=request.preset.name,
             facets=list(analysis.facets),
             unresolved_focus=list(analysis.unresolved_focus),
+            present={names[place]: found for place, found in present_names.items() if place in names},
         ),
         token_count=count(text),
         max_tokens=request.max_tokens,
@@ -615,10 +645,13 @@ def _rendered_relationships(state: EntityState, focus_ids: set[str]) -> tuple[li
     return [relations[i] for i in kept], len(relations) - len(kept)
 
 
-def _state_view(state: EntityState, relationships: Sequence[RelationFact]) -> dict[str, Any]:
+def _state_view(
+    state: EntityState, relationships: Sequence[RelationFact], present: list[str] | None = None
+) -> dict[str, Any]:
     return {
         "name": state.name,
         "kind": state.kind,
+        "present": present,
         "location": None if state.location is None else {"name": state.location.value,
                                                           "sequence": state.location.sequence},
         "status": None

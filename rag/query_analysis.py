@@ -204,6 +204,7 @@ _FACET_PATTERNS: Final[tuple[tuple[Facet, re.Pattern[str]], ...]] = (
         "presence",
         _words(
             "who was at",
+            "who(?: is| are| were| was|'s|’s) (?:at|in|inside|there|here|with)",
             "who was present",
             "who were present",
             "present",

@@ -141,6 +141,35 @@ async def test_who_has_an_item_is_answered_by_its_holder_line(client, tenant, st
     assert f"- Held by: Elara (since #{holder['sequence']})\n" in bundle["text"]
 
 
+@pytest.mark.parametrize("mode", ["full", "chronicle_only"])
+@pytest.mark.parametrize(
+    ("query", "as_of", "place", "present"),
+    [
+        ("Who is at the Lantern Inn?", None, "Lantern Inn", ["Maud", "Tamsin"]),
+        ("Who was at Saltcrag Keep?", None, "Saltcrag Keep", ["Corvin", "Elara"]),
+        ("Who was at the inn then?", 13, "Lantern Inn", ["Bram", "Elara", "Maud", "Oswin", "Tamsin"]),
+    ],
+)
+async def test_who_is_at_a_place_brings_the_state_of_those_there(
+    client, tenant, story, mode, query, as_of, place, present
+) -> None:
+    bundle = await context(client, tenant, story, query=query, mode=mode, as_of_sequence=as_of, format="both")
+    assert bundle["mode"] == mode
+    assert [f["name"] for f in bundle["focus"]] == [place]  # those present are not the focus
+    assert bundle["manifest"]["present"] == {place: present}
+    assert [s["name"] for s in bundle["state"]] == [place, *present]
+    for name in present:
+        assert state_of(bundle, name)["location"]["value"] == place
+    assert f"### {place} (location)\n- Present: {', '.join(present)}\n" in bundle["text"]
+
+
+async def test_a_place_not_asked_about_for_presence_lists_no_one(client, tenant, story) -> None:
+    bundle = await context(client, tenant, story, query="What is the Lantern Inn like?", format="both")
+    assert [s["name"] for s in bundle["state"]] == ["Lantern Inn"]
+    assert bundle["manifest"]["present"] == {}
+    assert "Present:" not in bundle["text"]
+
+
 async def test_pov_limits_history_to_what_the_character_could_know(client, tenant, story) -> None:
     bundle = await context(client, tenant, story, query="What happened at the Lantern Inn?", pov="Elara",
                            max_tokens=4000)  # fmt: skip

@@ -317,6 +317,9 @@ def test_a_kept_tuple_of_names_gives_the_same_analysis_as_a_fresh_list() -> None
                 "Was Tamsin present?",
                 "Was there a witness to the theft?",
                 "Who else was in the cellar?",
+                "Who is at Saltcrag Keep now?",
+                "Who's in the cellar?",
+                "Who are with Elara?",
             ],
         ),
         (

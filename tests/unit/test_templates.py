@@ -410,6 +410,24 @@ def test_version_2_says_whose_feeling_a_relationship_is(registry: TemplateRegist
     assert "  - Maud: trust -0.40" in registry.render("default.v1", context)  # as it was
 
 
+def test_version_2_lists_who_is_at_a_place_when_asked(registry: TemplateRegistry) -> None:
+    inn = {"name": "Lantern Inn", "kind": "location", "location": None, "status": None, "holder": None,
+           "inventory": [], "components": {}, "relationships": []}  # fmt: skip
+    for present, default, compact, roleplay in (
+        (["Maud", "Tamsin"], "- Present: Maud, Tamsin\n", "Lantern Inn.present=Maud, Tamsin\n",
+         "- Lantern Inn (location), where Maud, Tamsin are.\n"),
+        (["Maud"], "- Present: Maud\n", "Lantern Inn.present=Maud\n", "- Lantern Inn (location), where Maud is.\n"),
+        ([], "- Present: no one\n", "Lantern Inn.present=no one\n", "- Lantern Inn (location), where no one is.\n"),
+    ):  # fmt: skip
+        context = sample_context(pov=None, state=[{**inn, "present": present}])
+        assert "### Lantern Inn (location)\n" + default in registry.render("default", context)
+        assert compact in registry.render("compact", context)
+        assert roleplay in registry.render("roleplay", context)
+    # Not asked (no "present" key, or None): no line.
+    for view in (inn, {**inn, "present": None}):
+        assert "resent" not in registry.render("default", sample_context(state=[view]))
+
+
 def test_compact_is_one_line_per_fact(registry: TemplateRegistry) -> None:
     text = registry.render("compact", sample_context())
     lines = text.splitlines()
