@@ -83,7 +83,7 @@ from ecs.state_source import ChronicleReplayStateSource, EcsStateSource, state_f
 from rag.context import EntityState
 from rag.events import Effect, TransferEffect, normalize_name
 from rag.outages import is_unavailable_error
-from rag.query_analysis import KnownEntity
+from rag.query_analysis import NAME_WORD_MIN_CHARS, NOT_NAME_WORDS, KnownEntity
 from rag.schema import chronicle_events
 from rag.store import StoredEvent
 
@@ -489,6 +489,10 @@ def _unknown(field: str, ref: str) -> UnknownReference:
 # The chronicle's own names (degraded resolution)
 
 
+SUGGESTIONS = 3
+"""Names an unknown-entity error suggests at most."""
+
+
 class _Directory:
     """Names and aliases the chronicle's recent events use (from ``known_entities``)."""
 
@@ -505,6 +509,16 @@ class _Directory:
     def display(self, name: str) -> str:
         entity = self.entities.get(self.canonical(normalize_name(name)))
         return entity.name if entity is not None else " ".join(name.split())
+
+    def suggestions(self, ref: str, limit: int = SUGGESTIONS) -> list[str]:
+        """Names sharing a word with an unknown reference ("Silas" -> "Silas Crane"), for its error."""
+        words = {w for w in normalize_name(ref).split() if len(w) >= NAME_WORD_MIN_CHARS} - NOT_NAME_WORDS
+        found = {
+            entity.name
+            for entity in self.entities.values()
+            if words & {w for label in (entity.name, *entity.aliases) for w in normalize_name(label).split()}
+        }
+        return sorted(found, key=lambda n: (n.casefold(), n))[:limit]
 
 
 class _Names:
@@ -644,6 +658,12 @@ class _Session:
         if _as_uuid(ref) is not None and self.outage:
             raise ReferenceUnavailable(
                 field, f"entity ids are resolved by the ECS read model ({self.reason}); use a name instead"
+            )
+        suggested = (await self.directory()).suggestions(ref) if key else []
+        if suggested:
+            raise UnknownReference(
+                field,
+                f"no entity {ref!r} in this chronicle; did you mean {', '.join(map(repr, suggested))}?",
             )
         raise _unknown(field, ref)
 

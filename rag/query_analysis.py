@@ -31,6 +31,8 @@ from rag.events import normalize_name
 __all__ = [
     "FACETS",
     "MAX_QUERY_CHARS",
+    "NAME_WORD_MIN_CHARS",
+    "NOT_NAME_WORDS",
     "Facet",
     "KnownEntity",
     "Mention",
@@ -351,7 +353,7 @@ many do; a word that more share ("Captain" in a whole garrison, a family name) n
 NAME_WORD_MIN_CHARS: Final = 3
 # Words of names that are far more often just words of the question.
 # fmt: off
-_NOT_NAME_WORDS: Final = frozenset({
+NOT_NAME_WORDS: Final = frozenset({
     "the", "and", "for", "from", "with", "into", "onto", "upon", "over", "under", "about", "after",
     "before", "who", "whom", "whose", "what", "where", "when", "why", "how", "which", "are", "was",
     "were", "has", "have", "had", "does", "did", "now", "then", "this", "that", "these", "those",
@@ -381,7 +383,7 @@ def _name_words(known: Sequence[KnownEntity], exclude: Mapping[str, list[_Term]]
                 if (
                     len(word) >= NAME_WORD_MIN_CHARS
                     and not word.isdigit()
-                    and word not in _NOT_NAME_WORDS
+                    and word not in NOT_NAME_WORDS
                     and word not in whole
                 ):
                     words.setdefault(word, set()).add(entity.id)

@@ -373,6 +373,23 @@ async def test_state_as_of_a_sequence_and_a_story_time(client, story: Story) -> 
 
 
 @pytest.mark.parametrize(
+    ("ref", "detail"),
+    [
+        ("Ledger", "no entity 'Ledger' in this chronicle; did you mean 'Salt Ledger'?"),
+        (
+            "the Lantern",
+            "no entity 'the Lantern' in this chronicle; did you mean 'Lantern Cellar', 'Lantern Inn'?",
+        ),
+        ("Nobody", "no entity 'Nobody' in this chronicle"),
+    ],
+)
+async def test_an_unknown_name_suggests_the_names_sharing_a_word(client, story: Story, ref, detail) -> None:
+    response = await ask_status(client, story, {"type": "entity_fate", "entity": ref})
+    assert response.status_code == 404, response.text
+    assert response.json()["detail"] == f"entity: {detail}"
+
+
+@pytest.mark.parametrize(
     ("body", "field"),
     [
         ({"type": "entity_fate", "entity": "Nobody"}, "entity"),
