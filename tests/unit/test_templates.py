@@ -410,6 +410,20 @@ def test_version_2_says_whose_feeling_a_relationship_is(registry: TemplateRegist
     assert "  - Maud: trust -0.40" in registry.render("default.v1", context)  # as it was
 
 
+def test_version_2_leaves_out_a_relationship_with_nothing_left(registry: TemplateRegistry) -> None:
+    # Aldric broke the betrothal (unrelate): the record stays, with no type and no valence.
+    broken = {"other": "Aldric", "direction": "incoming", "types": [], "valence": {}, "sequence": 5}
+    context = sample_context(pov=None)
+    context["state"][2]["relationships"] = [broken]  # Oswin's only one
+    for name in ("default", "compact", "roleplay"):
+        text = registry.render(name, context)
+        assert "Aldric" not in text, name
+    assert "  - Aldric: related" in registry.render("default.v1", context)  # as it was
+    assert "### Oswin (character)\n- Relationships:" not in registry.render(
+        "default", context
+    )  # no empty header
+
+
 def test_version_2_lists_who_is_at_a_place_when_asked(registry: TemplateRegistry) -> None:
     inn = {"name": "Lantern Inn", "kind": "location", "location": None, "status": None, "holder": None,
            "inventory": [], "components": {}, "relationships": []}  # fmt: skip
