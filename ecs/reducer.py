@@ -40,7 +40,8 @@ Held items
 Death and destruction
     ``status dead`` and ``destroy`` (status ``destroyed``) keep the entity with all its components
     and history; it stays resolvable and queryable. Explicit effects still apply to it (a body can
-    be moved, a dead character's items can be transferred - looting).
+    be moved, a dead character's items can be transferred - looting). A destroyed thing that was
+    held is no longer: it lies where its holder was (``position``), out of every inventory.
 Transfer
     Sets the item's holder to ``to``. If ``from`` is given and is not the item's current holder, the
     transfer still happens - the chronicle is authoritative - but a ``transfer_source_mismatch``
@@ -770,7 +771,7 @@ class _Reduction:
             case StatusEffect():
                 self.set_component(self.resolve(effect.entity, "character"), "status", effect.status)
             case DestroyEffect():
-                self.set_component(self.resolve(effect.entity, "character"), "status", "destroyed")
+                self.destroy(self.resolve(effect.entity, "character"))
             case AliasEffect():
                 self.alias(effect)
             case RelateEffect():
@@ -804,6 +805,17 @@ class _Reduction:
                 self.set_component(entity_id, component, raw)
             except _Rejected as rejected:
                 self.record(rejected)
+
+    def destroy(self, entity_id: str) -> None:
+        """Status ``destroyed``; a held thing is no longer carried but lies where it was destroyed
+        (a crown melted down is not in its last holder's inventory any more)."""
+        self.set_component(entity_id, "status", "destroyed")
+        if self.entity(entity_id).get(Holder) is not None:
+            place = location_of(self.state, entity_id)
+            if place is None:
+                self.remove(entity_id, "holder")
+            else:
+                self.store(entity_id, "position", Position(location=place))
 
     def transfer(self, effect: TransferEffect) -> None:
         item = self.resolve(effect.item, "item")

@@ -1106,7 +1106,17 @@ class _Builder:
                 case StatusEffect(entity=ref, status=status):
                     self.set_status(i, self.canonical(ref), status)
                 case DestroyEffect(entity=ref):
-                    self.set_status(i, self.canonical(ref), "destroyed")
+                    thing = self.canonical(ref)
+                    self.set_status(i, thing, "destroyed")
+                    holder = self.holder.get(thing)
+                    if holder is not None:  # no longer carried: it lies where its holder was
+                        place = self.place_of(holder)
+                        if place is not None:
+                            self.set_position(i, thing, place)
+                        else:
+                            self.holder[thing] = None
+                            self.inventory[holder].discard(thing)
+                            self.book.record(i, ("holder", thing), None)
                 case AliasEffect(entity=ref, alias=alias):
                     owner = self.canonical(ref)
                     assert normalize_name(alias) not in self.canon, f"alias {alias!r} is taken"
@@ -1174,6 +1184,17 @@ class _Builder:
         elif component in TRACKED_COMPONENTS and self.custom.get((entity, component), _MISSING) != value:
             self.custom[(entity, component)] = value
             self.book.record(i, (component, entity), value)
+
+    def place_of(self, entity: str) -> str | None:
+        """Where an entity is: its own position, or its holder's (the chain followed)."""
+        seen: set[str] = set()
+        current: str | None = entity
+        while current is not None and current not in seen:
+            seen.add(current)
+            if self.pos.get(current) is not None:
+                return self.pos[current]
+            current = self.holder.get(current)
+        return None
 
     def set_position(self, i: int, entity: str, location: str) -> None:
         if self.pos.get(entity) == location:

@@ -375,6 +375,27 @@ def test_status_supersedes_and_destroy_keeps_the_entity() -> None:
     assert statuses == [{"value": "missing"}, {"value": "glowing faintly"}, {"value": "destroyed"}]
 
 
+def test_a_destroyed_thing_is_no_longer_carried_but_lies_where_its_holder_was() -> None:
+    state, changes = run(
+        event(1, effects=[{"op": "move", "entity": "Varek", "to": "Ember Hall"},
+                          {"op": "transfer", "item": "Ember Crown", "to": "Varek"},
+                          {"op": "transfer", "item": "Chest", "to": "Varek"},
+                          {"op": "transfer", "item": "Letter", "to": "Chest"}]),
+        event(2, effects=[{"op": "destroy", "entity": "Ember Crown"}, {"op": "destroy", "entity": "Chest"}]),
+        event(3, effects=[{"op": "move", "entity": "Varek", "to": "North Road"}]),
+        event(4, effects=[{"op": "destroy", "entity": "Nowhere Thing"}]),
+    )  # fmt: skip
+    assert not anomalies(changes)
+    for thing in ("Ember Crown", "Chest"):
+        assert ent(state, thing).status == "destroyed"
+        assert ent(state, thing).get(Holder) is None
+        assert place_of(state, thing) == "Ember Hall"  # stays where it was destroyed
+    assert inventory(state, ent(state, "Varek").id) == []
+    assert place_of(state, "Letter") == "Ember Hall"  # what it held is still in it
+    assert ent(state, "Letter").get(Holder) == Holder(holder=ent(state, "Chest").id)
+    assert place_of(state, "Nowhere Thing") is None  # never held, never placed: nothing to move
+
+
 def test_death_keeps_entity_and_its_relationships() -> None:
     state, _ = run(
         event(1, effects=[{"op": "relate", "from": "Gandalf", "to": "Frodo", "type": "mentor"}]),
