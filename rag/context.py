@@ -40,7 +40,7 @@ from rag.retrieval import (
     search_source,
     sources_for_mode,
 )
-from rag.store import StoredEvent, events_up_to, recent_events
+from rag.store import StoredEvent, events_named, events_up_to, recent_events
 from rag.templates import TemplateRegistry
 from rag.tokens import TokenCounter
 
@@ -242,6 +242,7 @@ async def assemble_context(
     upto = request.as_of_sequence if request.as_of_sequence is not None else chronicle_sequence
 
     present: dict[str, list[str]] = {}  # place id -> ids of the characters there
+    named_rows: list[StoredEvent] = []  # the events the question names (#15, an id)
 
     async def read_state() -> tuple[list[EntityState], EntityState | None, float]:
         t = time.perf_counter()
@@ -316,6 +317,15 @@ async def assemble_context(
                     recent = await recent_events(
                         conn, request.tenant_id, request.chronicle_id, upto, RECENT_EVENTS
                     )
+                    refs = analysis.events
+                    if refs is not None:
+                        named_rows.extend(
+                            await events_named(
+                                conn, request.tenant_id, request.chronicle_id, upto,
+                                sequences=refs.sequences, ids=[uuid.UUID(i) for i in refs.ids],
+                                external_ids=refs.external_ids,
+                            )
+                        )  # fmt: skip
                     known_to_pov = (
                         await _knowable_sequences(conn, request, pov_keys, upto) if pov_keys else None
                     )
@@ -350,6 +360,10 @@ async def assemble_context(
     timings["state"] = state_ms
     timings["retrieve"] = retrieve_ms
     retrieved = [] if result is None else list(result.events)
+    if named_rows:
+        # Named in the question: the event asked about, whatever the searches ranked.
+        named_ids = {e.id for e in named_rows}
+        retrieved = [_named(e) for e in named_rows] + [e for e in retrieved if e.event_id not in named_ids]
 
     t = time.perf_counter()
     omitted: list[Omitted] = []
@@ -696,6 +710,21 @@ def _history_item(event: RetrievedEvent, states: Sequence[EntityState]) -> Histo
         superseded=superseded,
         superseded_note=note,
     )
+
+
+NAMED_EVENT_SCORE = 1.0
+"""The score of an event the question names: above any fused search score, so it is the last
+history a budget cuts."""
+
+
+def _named(event: StoredEvent) -> RetrievedEvent:
+    return RetrievedEvent(
+        event_id=event.id, sequence=event.sequence, external_id=event.external_id, kind=event.kind,
+        summary=event.summary, actors=event.actors, location=event.location, effects=event.effects,
+        occurred_at=event.occurred_at, importance=event.importance, score=NAMED_EVENT_SCORE,
+        rrf_score=0.0, recency_bonus=0.0, mmr_score=0.0, ranks={}, source_scores={},
+        reasons=["named in the question"], collapsed_ids=[],
+    )  # fmt: skip
 
 
 def _stored_item(

@@ -21,6 +21,7 @@ regexes; the context assembler uses them to decide which facts and events to ran
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Final, Literal, get_args
 
@@ -33,11 +34,13 @@ __all__ = [
     "MAX_QUERY_CHARS",
     "NAME_WORD_MIN_CHARS",
     "NOT_NAME_WORDS",
+    "EventReferences",
     "Facet",
     "KnownEntity",
     "Mention",
     "QueryAnalysis",
     "analyse_query",
+    "event_references",
 ]
 
 MAX_QUERY_CHARS: Final = 4_000
@@ -80,6 +83,50 @@ class Mention(msgspec.Struct, frozen=True):
     ambiguous: bool = False
 
 
+class EventReferences(msgspec.Struct, frozen=True):
+    """Events named in a question: "what happened at #15?", "who was at salt-road-012?"."""
+
+    sequences: tuple[int, ...] = ()
+    ids: tuple[str, ...] = ()
+    """Event ids (UUIDs, in canonical form)."""
+    external_ids: tuple[str, ...] = ()
+    """Words that may be external ids: they carry a digit and a letter (``salt-road-012``,
+    ``dl-004``); a client's ids without both are not told apart from ordinary words, years and
+    times."""
+
+
+MAX_EVENT_REFERENCES: Final = 16
+"""Event references read from one question, at most (of each form)."""
+_SEQUENCE_REF: Final = re.compile(r"(?<![\w#])#(\d{1,18})(?!\w)")
+_ID_LIKE: Final = re.compile(r"[^\s\"'()\[\]{}<>,;]+")
+_TRIM: Final = ".:!?"
+_ORDINAL: Final = re.compile(r"\d+(?:st|nd|rd|th)", re.IGNORECASE)
+
+
+def event_references(text: str) -> EventReferences | None:
+    """The events ``text`` names by ``#sequence``, event id or a word that may be an external id."""
+    sequences = list(dict.fromkeys(int(m.group(1)) for m in _SEQUENCE_REF.finditer(text)))
+    ids: list[str] = []
+    external: list[str] = []
+    for match in _ID_LIKE.finditer(text):
+        word = match.group().rstrip(_TRIM)
+        if len(word) < 3 or word.startswith("#") or not any(c.isdigit() for c in word):
+            continue
+        if not any(c.isalpha() for c in word) or _ORDINAL.fullmatch(word):
+            continue  # "1201", "10:30", "3rd": years, times and ordinals, far more often than ids
+        try:
+            ids.append(str(uuid.UUID(word)))
+        except ValueError:
+            external.append(word)
+    if not (sequences or ids or external):
+        return None
+    return EventReferences(
+        sequences=tuple(sequences[:MAX_EVENT_REFERENCES]),
+        ids=tuple(dict.fromkeys(ids))[:MAX_EVENT_REFERENCES],
+        external_ids=tuple(dict.fromkeys(external))[:MAX_EVENT_REFERENCES],
+    )
+
+
 class QueryAnalysis(msgspec.Struct, frozen=True):
     """The result of :func:`analyse_query`.
 
@@ -95,6 +142,8 @@ class QueryAnalysis(msgspec.Struct, frozen=True):
     unresolved_focus: tuple[str, ...] = ()
     truncated: bool = False
     analysed_chars: int = 0
+    events: EventReferences | None = None
+    """Events the question names by id, external id or ``#sequence`` (None: it names none)."""
 
     @property
     def entity_ids(self) -> list[str]:
@@ -584,6 +633,7 @@ def analyse_query(
         unresolved_focus=tuple(unresolved),
         truncated=truncated,
         analysed_chars=len(window),
+        events=event_references(window),
     )
 
 

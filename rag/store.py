@@ -17,7 +17,7 @@ from typing import Any, Final
 import msgspec
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import String, and_, any_, bindparam, func, insert, select, text, update
+from sqlalchemy import String, and_, any_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -557,6 +557,40 @@ async def recent_events(
         )
         .order_by(chronicle_events.c.sequence.desc())
         .limit(limit)
+    )
+    return [StoredEvent(**row._mapping) for row in rows]
+
+
+async def events_named(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    chronicle_id: uuid.UUID,
+    up_to: int,
+    *,
+    sequences: Sequence[int] = (),
+    ids: Sequence[uuid.UUID] = (),
+    external_ids: Sequence[str] = (),
+) -> list[StoredEvent]:
+    """The events at or before `up_to` with any of these sequences, ids or external ids (each
+    found through its own unique index), in sequence order."""
+    named = []
+    if sequences:
+        named.append(chronicle_events.c.sequence.in_(list(sequences)))
+    if ids:
+        named.append(chronicle_events.c.id.in_(list(ids)))
+    if external_ids:
+        named.append(chronicle_events.c.external_id.in_(list(external_ids)))
+    if not named:
+        return []
+    rows = await conn.execute(
+        select(*EVENT_COLUMNS)
+        .where(
+            chronicle_events.c.tenant_id == tenant_id,
+            chronicle_events.c.chronicle_id == chronicle_id,
+            chronicle_events.c.sequence <= up_to,
+            or_(*named),
+        )
+        .order_by(chronicle_events.c.sequence)
     )
     return [StoredEvent(**row._mapping) for row in rows]
 

@@ -170,6 +170,29 @@ async def test_a_place_not_asked_about_for_presence_lists_no_one(client, tenant,
     assert "Present:" not in bundle["text"]
 
 
+async def test_an_event_named_in_the_question_is_in_the_history(client, tenant, story) -> None:
+    events = (
+        await client.get(f"/api/chronicles/{story}/events", params={"limit": 100}, headers=tenant.headers)
+    ).json()["items"]
+    by_sequence = {e["sequence"]: e for e in events}
+    for query, sequence in (
+        ("What happened in #3?", 3),
+        (f"Who was there at {by_sequence[7]['external_id']}?", 7),
+        (f"Tell me about {by_sequence[11]['id']}.", 11),
+    ):
+        bundle = await context(client, tenant, story, query=query)
+        [named] = [h for h in bundle["history"] if h["sequence"] == sequence]
+        assert named["why"] == ["named in the question"], query
+        assert named["score"] == 1.0
+        assert named["id"] == by_sequence[sequence]["id"]
+    # Not yet written as of an earlier point: not there.
+    bundle = await context(client, tenant, story, query="What happened in #30?", as_of_sequence=20)
+    assert all(h["sequence"] <= 20 for h in bundle["history"] + bundle["recent"])
+    # A reference to another chronicle's event finds nothing here.
+    other = await context(client, tenant, story, query="What happened at dl-004 and #999?")
+    assert all(h["why"] != ["named in the question"] for h in other["history"])
+
+
 async def test_pov_limits_history_to_what_the_character_could_know(client, tenant, story) -> None:
     bundle = await context(client, tenant, story, query="What happened at the Lantern Inn?", pov="Elara",
                            max_tokens=4000)  # fmt: skip

@@ -493,3 +493,31 @@ def test_scopes_are_bounded_and_unscoped_callers_are_cached_by_content() -> None
         extra = [*CAST, KnownEntity(id=f"x-{n}", name=f"Extra{n}", kind="item")]
         assert analyse_query(f"Who has Extra{n}?", extra).entity_ids == [f"x-{n}"]
     assert len(query_analysis._BY_FINGERPRINT) <= query_analysis._FINGERPRINTS_KEPT
+
+
+@pytest.mark.parametrize(
+    ("text", "sequences", "ids", "external_ids"),
+    [
+        ("Who was present at event gen-1-0000097 (meeting at Foo)?", (), (), ("gen-1-0000097",)),
+        ("What happened at #15, and at #3?", (15, 3), (), ()),
+        ("And salt-road-012? dl-004; x1.", (), (), ("salt-road-012", "dl-004")),
+        (
+            "Tell me about 3F2B1C8E-8A8E-4A4F-9A0B-1C2D3E4F5A6B.",
+            (),
+            ("3f2b1c8e-8a8e-4a4f-9a0b-1c2d3e4f5a6b",),
+            (),
+        ),
+    ],
+)
+def test_events_named_by_sequence_id_or_external_id(text, sequences, ids, external_ids) -> None:
+    refs = analyse_query(text, CAST).events
+    assert refs is not None
+    assert (refs.sequences, refs.ids, refs.external_ids) == (sequences, ids, external_ids)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Where is Bram now?", "In 1201 the queen fell", "at 10:30, day 4", "C# and F#", "Bram's 2nd key"],
+)
+def test_years_times_and_ordinary_words_name_no_event(text: str) -> None:
+    assert analyse_query(text, CAST).events is None
