@@ -79,7 +79,12 @@ from ecs.reducer import (
     lookup,
 )
 from ecs.schema import ecs_components, ecs_relationships, ecs_valence_history
-from ecs.state_source import ChronicleReplayStateSource, EcsStateSource, state_from_world
+from ecs.state_source import (
+    PRESENCE_SCAN_EVENTS,
+    ChronicleReplayStateSource,
+    EcsStateSource,
+    state_from_world,
+)
 from rag.context import EntityState
 from rag.events import Effect, TransferEffect, normalize_name
 from rag.outages import is_unavailable_error
@@ -139,8 +144,6 @@ MAX_EVENTS: Final = 5_000
 """Events naming an entity (or a pair) that one answer replays: the most recent ones."""
 MAX_MEMBERS: Final = 1_000
 """Entities one ``present_at`` answer lists."""
-PRESENCE_SCAN_EVENTS: Final = 500
-"""Degraded ``present_at``: the recent events at the place whose entities are candidates."""
 MAX_HOLDER_HOPS: Final = 8
 _PAGE: Final = 500
 

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from sqlalchemy import bindparam, select
@@ -315,7 +315,8 @@ class EcsStateSource:
         )
 
     async def present_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[str]:
-        """Characters at the place (now, or as of a sequence: replayed), in order of appearance."""
+        """Names of the characters at the place (now, or as of a sequence: replayed), in order of
+        appearance."""
         position = await self.position()
         if as_of_sequence is not None and as_of_sequence < (position or 0):
             async with self.chronicle_engine.connect() as conn:
@@ -331,7 +332,7 @@ class EcsStateSource:
             found = await list_entities(
                 conn, self.tenant_id, self.chronicle_id, filters, after=None, limit=limit
             )
-        return [str(summary.id) for summary in found]
+        return [summary.name for summary in found]
 
     async def replayed(self, entity_ids: Sequence[str], as_of_sequence: int) -> list[EntityState]:
         """The entities as they were at `as_of_sequence`, replayed from the chronicle."""
@@ -587,8 +588,8 @@ class ChronicleReplayStateSource:
         return found
 
     async def present_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[str]:
-        """Characters named in the place's recent events (``PRESENCE_SCAN_EVENTS``) whose replay
-        puts them there, newest-named first; ids are normalized names, as everywhere here."""
+        """Names of the characters named in the place's recent events (``PRESENCE_SCAN_EVENTS``)
+        whose replay puts them there, newest-named first."""
         known = {k.id: k for k in await self.known_entities()}
         place = known.get(location_id)
         keys = sorted({location_id, *(normalize_name(a) for a in place.aliases)} if place else {location_id})
@@ -614,7 +615,7 @@ class ChronicleReplayStateSource:
             if state.kind != PRESENT_KIND or state.location is None:
                 continue
             if normalize_name(str(state.location.value)) in keys:
-                present.append(state.id)
+                present.append(state.name)
         return present[:limit]
 
     async def entity_states(self, entity_ids: Sequence[str], as_of_sequence: int | None) -> list[EntityState]:
@@ -649,20 +650,22 @@ class ChronicleReplayStateSource:
 
 PRESENT_KIND = "character"
 """Who is "at" a place: its characters (the items they carry are in their inventories)."""
-PRESENCE_SCAN_EVENTS = 200
-"""Degraded presence: the place's most recent events whose entities are replayed to see who is
-still there (an entity that arrived before them and never left is missed)."""
+PRESENCE_SCAN_EVENTS: Final = 500
+"""Degraded presence (context bundles and the ``present_at`` question alike): the place's most
+recent events, whose entities are replayed to see who is still there (an entity that arrived
+before them and never left is missed)."""
 
 
 def present_in_world(state: WorldState, location_id: str, limit: int) -> list[str]:
-    """Characters whose place in a reducer state is ``location_id``, in order of appearance."""
+    """Names of the characters whose place in a reducer state is ``location_id``, in order of
+    appearance."""
     present = [
         entity
         for entity in state.entities.values()
         if entity.kind == PRESENT_KIND and location_of(state, entity.id) == location_id
     ]
     present.sort(key=lambda e: (e.created_sequence, e.id))
-    return [entity.id for entity in present[:limit]]
+    return [entity.name for entity in present[:limit]]
 
 
 def named_in_event(

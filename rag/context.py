@@ -62,10 +62,10 @@ A = TypeVar("A")
 B = TypeVar("B")
 RECENT_EVENTS = 5
 RENDERED_RELATIONSHIPS = 12
-PRESENT_STATES = 8
-"""A question about who is at a place ("who was at the keep?") brings the state of at most this
-many of the characters there (in order of appearance), besides the place's own."""
 """At most this many relationships per focus entity in the text (see `_rendered_relationships`)."""
+PRESENT_LISTED = 20
+"""A question about who is at a place ("who is at the keep?") lists under the place the names of at
+most this many of the characters there (the first to arrive, sorted by name)."""
 
 
 class Fact(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,7 +123,7 @@ class StateSource(Protocol):
         ...
 
     async def present_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[str]:
-        """The characters at a place (now, or as of a sequence), at most ``limit``."""
+        """The names of the characters at a place (now, or as of a sequence), at most ``limit``."""
         ...
 
 
@@ -174,8 +174,7 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     facets: list[str]
     unresolved_focus: list[str]
     present: dict[str, list[str]] = {}
-    """For a presence question: each place in focus -> the characters there whose state is included
-    for that reason (names, in order)."""
+    """For a presence question: each place in focus -> the names of the characters there."""
 
 
 class Bundle(msgspec.Struct, frozen=True, kw_only=True):
@@ -241,7 +240,7 @@ async def assemble_context(
     pov_keys = _pov_keys(request.pov, known)
     upto = request.as_of_sequence if request.as_of_sequence is not None else chronicle_sequence
 
-    present: dict[str, list[str]] = {}  # place id -> ids of the characters there
+    present: dict[str, list[str]] = {}  # place id -> names of the characters there
     named_rows: list[StoredEvent] = []  # the events the question names (#15, an id)
 
     async def read_state() -> tuple[list[EntityState], EntityState | None, float]:
@@ -255,18 +254,14 @@ async def assemble_context(
         fetched = {s.id: s for s in await state_source.entity_states(wanted, request.as_of_sequence)}
         states = [fetched[i] for i in focus_ids if i in fetched]
         if analysis.has("presence"):
-            # "Who was at the keep?": the answer is the state of the characters there, which no
-            # name in the question brings.
+            # "Who is at the keep?": the answer is who is there, which no name in the question
+            # brings. Their names go under the place, pinned with it; their whole states would
+            # crowd history out of the budget (and a question about a past event there is
+            # answered by that event, not by who is there now).
             for place in [s for s in states if s.kind == "location"]:
-                present[place.id] = await state_source.present_at(
-                    place.id, request.as_of_sequence, PRESENT_STATES
-                )
-            more = [i for i in dict.fromkeys(i for ids in present.values() for i in ids) if i not in fetched]
-            fetched |= {s.id: s for s in await state_source.entity_states(more, request.as_of_sequence)}
-            # By name: the same order whichever source answered (ECS or a replay).
-            states += sorted(
-                (fetched[i] for i in more if i in fetched), key=lambda s: (s.name.casefold(), s.id)
-            )
+                names = await state_source.present_at(place.id, request.as_of_sequence, PRESENT_LISTED)
+                # By name: the same order whichever source answered (ECS or a replay).
+                present[place.id] = sorted(names, key=lambda n: (n.casefold(), n))
         return states, fetched.get(pov_id) if pov_id else None, _ms(t)
 
     async def embedding() -> tuple[list[float], float]:
@@ -387,15 +382,10 @@ async def assemble_context(
 
     t = time.perf_counter()
     focus_state_ids = {s.id for s in states}
-    names = {s.id: s.name for s in states}
-    present_names = {
-        place: sorted((names[i] for i in ids if i in names), key=str.casefold)
-        for place, ids in present.items()
-    }
     state_views = []
     for s in states:
         shown, hidden = _rendered_relationships(s, focus_state_ids)
-        state_views.append(_state_view(s, shown, present_names.get(s.id)))
+        state_views.append(_state_view(s, shown, present.get(s.id)))
         if hidden:
             omitted.append(
                 Omitted(section="state", id=s.id, reason=(
@@ -403,8 +393,7 @@ async def assemble_context(
                     "(the weakest, none with another focus entity); all are in the JSON state"
                 ))
             )  # fmt: skip
-    # The entities the question is about; the characters present at one of them are not.
-    focus_list = [{"id": s.id, "name": s.name, "kind": s.kind} for s in states if s.id in focus_ids]
+    focus_list = [{"id": s.id, "name": s.name, "kind": s.kind} for s in states]
     render_base = {
         "query": request.query,
         "mode": mode,
@@ -492,7 +481,7 @@ async def assemble_context(
             preset=request.preset.name,
             facets=list(analysis.facets),
             unresolved_focus=list(analysis.unresolved_focus),
-            present={names[place]: found for place, found in present_names.items() if place in names},
+            present={s.name: present[s.id] for s in states if s.id in present},
         ),
         token_count=count(text),
         max_tokens=request.max_tokens,

@@ -150,16 +150,15 @@ async def test_who_has_an_item_is_answered_by_its_holder_line(client, tenant, st
         ("Who was at the inn then?", 13, "Lantern Inn", ["Bram", "Elara", "Maud", "Oswin", "Tamsin"]),
     ],
 )
-async def test_who_is_at_a_place_brings_the_state_of_those_there(
+async def test_who_is_at_a_place_lists_those_there_under_it(
     client, tenant, story, mode, query, as_of, place, present
 ) -> None:
     bundle = await context(client, tenant, story, query=query, mode=mode, as_of_sequence=as_of, format="both")
     assert bundle["mode"] == mode
-    assert [f["name"] for f in bundle["focus"]] == [place]  # those present are not the focus
+    assert [f["name"] for f in bundle["focus"]] == [place]
     assert bundle["manifest"]["present"] == {place: present}
-    assert [s["name"] for s in bundle["state"]] == [place, *present]
-    for name in present:
-        assert state_of(bundle, name)["location"]["value"] == place
+    # Names only: their whole states would crowd the history out of the budget.
+    assert [s["name"] for s in bundle["state"]] == [place]
     assert f"### {place} (location)\n- Present: {', '.join(present)}\n" in bundle["text"]
 
 
