@@ -95,6 +95,7 @@ __all__ = [
     "find_entity",
     "get_entity_core",
     "get_entity_view",
+    "latest_event",
     "list_entities",
     "list_entities_from_state",
     "relationship_graph",
@@ -307,7 +308,7 @@ def _ref_field(components: Mapping[str, Any], component: str, field: str) -> uui
         return None
 
 
-def _latest_event(provenance: Mapping[str, Any]) -> uuid.UUID | None:
+def latest_event(provenance: Mapping[str, Any]) -> uuid.UUID | None:
     """The event of the newest entry of a relationship's provenance (``{dimension: [sequence,
     event_id]}``, as stored), so that a valence is cited like every other fact."""
     entries = [(int(sequence), str(event_id)) for sequence, event_id in provenance.values() if event_id]
@@ -545,7 +546,7 @@ async def _complete_chronicle_views(
                     valence={str(k): float(v) for k, v in row.valence.items()},
                     created_sequence=row.created_sequence,
                     updated_sequence=row.updated_sequence,
-                    event_id=_latest_event(row.provenance),
+                    event_id=latest_event(row.provenance),
                 )
             )
 
@@ -612,7 +613,7 @@ def _relationship_view(
         valence={k: float(v) for k, v in record.valence.items()},
         created_sequence=record.created_sequence,
         updated_sequence=record.updated_sequence,
-        event_id=_latest_event(msgspec.to_builtins(record.provenance)),
+        event_id=latest_event(msgspec.to_builtins(record.provenance)),
     )
 
 

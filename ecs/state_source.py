@@ -23,7 +23,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from ecs.cache import EntityCache
 from ecs.components import Holder, Position, Status
 from ecs.projector import replay_stored, to_chronicle_event
-from ecs.queries import EntityFilters, complete_views, get_entity_core, list_entities
+from ecs.queries import EntityFilters, complete_views, get_entity_core, latest_event, list_entities
 from ecs.reducer import (
     AliasAdded,
     Entity,
@@ -88,11 +88,7 @@ def state_from_world(state: WorldState, entity_id: str) -> EntityState | None:
             continue
         outgoing = record.from_id == entity_id
         other = state.entities[record.to_id if outgoing else record.from_id]
-        latest = max(
-            (p for p in record.provenance.values() if p.event_id),
-            key=lambda p: (p.sequence, p.event_id),
-            default=None,
-        )
+        latest = latest_event(msgspec.to_builtins(record.provenance))
         relationships.append(
             RelationFact(
                 other_id=other.id,
@@ -101,7 +97,7 @@ def state_from_world(state: WorldState, entity_id: str) -> EntityState | None:
                 types=sorted(record.types),
                 valence={k: record.valence[k] for k in sorted(record.valence)},
                 sequence=record.updated_sequence,
-                event_id=latest.event_id if latest is not None else None,
+                event_id=None if latest is None else str(latest),
             )
         )
     return EntityState(

@@ -20,6 +20,7 @@ import numpy.typing as npt
 from sqlalchemy import String, and_, any_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
 from rag.events import EventIn, effect_entities, normalize_name
 from rag.schema import chronicle_events, chronicles, embedding_spaces
@@ -582,17 +583,9 @@ async def events_named(
         named.append(chronicle_events.c.external_id.in_(list(external_ids)))
     if not named:
         return []
-    rows = await conn.execute(
-        select(*EVENT_COLUMNS)
-        .where(
-            chronicle_events.c.tenant_id == tenant_id,
-            chronicle_events.c.chronicle_id == chronicle_id,
-            chronicle_events.c.sequence <= up_to,
-            or_(*named),
-        )
-        .order_by(chronicle_events.c.sequence)
+    return await _events_where(
+        conn, tenant_id, chronicle_id, chronicle_events.c.sequence <= up_to, or_(*named)
     )
-    return [StoredEvent(**row._mapping) for row in rows]
 
 
 async def refresh_statistics(conn: AsyncConnection) -> None:
@@ -606,12 +599,21 @@ async def events_at(
     """The events at these sequences, in sequence order."""
     if not sequences:
         return []
+    return await _events_where(
+        conn, tenant_id, chronicle_id, chronicle_events.c.sequence.in_(list(sequences))
+    )
+
+
+async def _events_where(
+    conn: AsyncConnection, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, *conditions: ColumnElement[bool]
+) -> list[StoredEvent]:
+    """A chronicle's events meeting every condition, in sequence order."""
     rows = await conn.execute(
         select(*EVENT_COLUMNS)
         .where(
             chronicle_events.c.tenant_id == tenant_id,
             chronicle_events.c.chronicle_id == chronicle_id,
-            chronicle_events.c.sequence.in_(list(sequences)),
+            *conditions,
         )
         .order_by(chronicle_events.c.sequence)
     )
