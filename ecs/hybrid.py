@@ -88,7 +88,7 @@ from ecs.state_source import (
 from rag.context import EntityState
 from rag.events import Effect, TransferEffect, normalize_name
 from rag.outages import is_unavailable_error
-from rag.query_analysis import NAME_WORD_MIN_CHARS, NOT_NAME_WORDS, KnownEntity
+from rag.query_analysis import KnownEntity, name_words
 from rag.schema import chronicle_events
 from rag.store import StoredEvent
 
@@ -515,11 +515,11 @@ class _Directory:
 
     def suggestions(self, ref: str, limit: int = SUGGESTIONS) -> list[str]:
         """Names sharing a word with an unknown reference ("Silas" -> "Silas Crane"), for its error."""
-        words = {w for w in normalize_name(ref).split() if len(w) >= NAME_WORD_MIN_CHARS} - NOT_NAME_WORDS
+        words = name_words(ref)
         found = {
             entity.name
             for entity in self.entities.values()
-            if words & {w for label in (entity.name, *entity.aliases) for w in normalize_name(label).split()}
+            if any(words & name_words(label) for label in (entity.name, *entity.aliases))
         }
         return sorted(found, key=lambda n: (n.casefold(), n))[:limit]
 

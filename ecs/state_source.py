@@ -175,6 +175,7 @@ class EcsStateSource:
         self.states = states
         self._checkpoint: Checkpoint | None = None
         self._checkpoint_read = False
+        self._as_of: tuple[int, WorldState] | None = None
 
     async def checkpoint(self) -> Checkpoint | None:
         """The chronicle's checkpoint (without its snapshot), read once per source: the staleness
@@ -315,10 +316,7 @@ class EcsStateSource:
         appearance."""
         position = await self.position()
         if as_of_sequence is not None and as_of_sequence < (position or 0):
-            async with self.chronicle_engine.connect() as conn:
-                events = await events_up_to(conn, self.tenant_id, self.chronicle_id, as_of_sequence)
-            state, _, _ = replay_stored(events, self.chronicle_id)
-            return present_in_world(state, location_id, limit)
+            return present_in_world(await self._world_as_of(as_of_sequence), location_id, limit)
         try:
             place = uuid.UUID(location_id)
         except ValueError:
@@ -332,10 +330,18 @@ class EcsStateSource:
 
     async def replayed(self, entity_ids: Sequence[str], as_of_sequence: int) -> list[EntityState]:
         """The entities as they were at `as_of_sequence`, replayed from the chronicle."""
-        async with self.chronicle_engine.connect() as conn:
-            events = await events_up_to(conn, self.tenant_id, self.chronicle_id, as_of_sequence)
-        state, _, _ = replay_stored(events, self.chronicle_id)
+        state = await self._world_as_of(as_of_sequence)
         return [s for i in entity_ids if (s := state_from_world(state, i)) is not None]
+
+    async def _world_as_of(self, as_of_sequence: int) -> WorldState:
+        """The chronicle replayed to `as_of_sequence`, once per source (one request): the focus
+        states and who is at a place then come from the same replay."""
+        if self._as_of is None or self._as_of[0] != as_of_sequence:
+            async with self.chronicle_engine.connect() as conn:
+                events = await events_up_to(conn, self.tenant_id, self.chronicle_id, as_of_sequence)
+            state, _, _ = replay_stored(events, self.chronicle_id)
+            self._as_of = (as_of_sequence, state)
+        return self._as_of[1]
 
 
 class KnownNamesCache:

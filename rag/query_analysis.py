@@ -41,6 +41,7 @@ __all__ = [
     "QueryAnalysis",
     "analyse_query",
     "event_references",
+    "name_words",
 ]
 
 MAX_QUERY_CHARS: Final = 4_000
@@ -425,18 +426,25 @@ def _name_words(known: Sequence[KnownEntity], exclude: Mapping[str, list[_Term]]
     words: dict[str, set[str]] = {}
     for entity in known:
         for label in (entity.name, *entity.aliases):
-            tokens = [t for t in _split(" ".join(label.split()))[0] if _WORD_CHAR.match(t)]
-            if len(tokens) < 2:
+            if len(_word_tokens(label)) < 2:
                 continue
-            for word in tokens:
-                if (
-                    len(word) >= NAME_WORD_MIN_CHARS
-                    and not word.isdigit()
-                    and word not in NOT_NAME_WORDS
-                    and word not in whole
-                ):
-                    words.setdefault(word, set()).add(entity.id)
+            for word in name_words(label) - whole:
+                words.setdefault(word, set()).add(entity.id)
     return words
+
+
+def _word_tokens(text: str) -> list[str]:
+    return [t for t in _split(" ".join(text.split()))[0] if _WORD_CHAR.match(t)]
+
+
+def name_words(text: str) -> set[str]:
+    """The case-folded words of ``text`` that can stand for a name on their own: not short, not
+    digits only, not function words (``NOT_NAME_WORDS``)."""
+    return {
+        word
+        for word in _word_tokens(text)
+        if len(word) >= NAME_WORD_MIN_CHARS and not word.isdigit() and word not in NOT_NAME_WORDS
+    }
 
 
 _Fingerprint = tuple[tuple[str, str, tuple[str, ...]], ...]
