@@ -240,13 +240,12 @@ async def assemble_context(
     pov_keys = _pov_keys(request.pov, known)
     upto = request.as_of_sequence if request.as_of_sequence is not None else chronicle_sequence
 
-    present: dict[str, list[str]] = {}  # place id -> names of the characters there
-    named_rows: list[StoredEvent] = []  # the events the question names (#15, an id)
-
-    async def read_state() -> tuple[list[EntityState], EntityState | None, float]:
+    async def read_state() -> tuple[list[EntityState], EntityState | None, dict[str, list[str]], float]:
+        """The focus entities' states, the point of view's, and who is at each focus place (by id)."""
         t = time.perf_counter()
+        present: dict[str, list[str]] = {}
         if state_source is None or not request.include_state:
-            return [], None, _ms(t)
+            return [], None, present, _ms(t)
         wanted = list(focus_ids)
         pov_id = _resolve(request.pov, known) if request.pov else None
         if pov_id is not None and pov_id not in wanted:
@@ -262,14 +261,18 @@ async def assemble_context(
                 names = await state_source.present_at(place.id, request.as_of_sequence, PRESENT_LISTED)
                 # By name: the same order whichever source answered (ECS or a replay).
                 present[place.id] = sorted(names, key=lambda n: (n.casefold(), n))
-        return states, fetched.get(pov_id) if pov_id else None, _ms(t)
+        return states, fetched.get(pov_id) if pov_id else None, present, _ms(t)
 
     async def embedding() -> tuple[list[float], float]:
         t = time.perf_counter()
         vector = (await embed([request.query]))[0]
         return vector, _ms(t)
 
-    async def search() -> tuple[RetrievalResult | None, list[StoredEvent], set[int] | None, float, float]:
+    async def search() -> tuple[
+        RetrievalResult | None, list[StoredEvent], list[StoredEvent], set[int] | None, float, float
+    ]:
+        """Retrieval, the latest events, the events the question names (#15, an id), the sequences
+        the point of view can know (None: no pov), and the embedding's and the search's times."""
         t = time.perf_counter()
         query = RetrievalQuery(
             tenant_id=request.tenant_id,
@@ -302,7 +305,7 @@ async def assemble_context(
                 await prepare_search(conn, preset)
 
                 async def without_vector() -> tuple[
-                    dict[Source, Searched], list[StoredEvent], set[int] | None
+                    dict[Source, Searched], list[StoredEvent], list[StoredEvent], set[int] | None
                 ]:
                     searched: dict[Source, Searched] = {
                         source: await search_source(conn, query, preset, source, head=chronicle_sequence)
@@ -313,28 +316,25 @@ async def assemble_context(
                         conn, request.tenant_id, request.chronicle_id, upto, RECENT_EVENTS
                     )
                     refs = analysis.events
-                    if refs is not None:
-                        named_rows.extend(
-                            await events_named(
-                                conn, request.tenant_id, request.chronicle_id, upto,
-                                sequences=refs.sequences, ids=[uuid.UUID(i) for i in refs.ids],
-                                external_ids=refs.external_ids,
-                            )
-                        )  # fmt: skip
+                    named = [] if refs is None else await events_named(
+                        conn, request.tenant_id, request.chronicle_id, upto,
+                        sequences=refs.sequences, ids=[uuid.UUID(i) for i in refs.ids],
+                        external_ids=refs.external_ids,
+                    )  # fmt: skip
                     known_to_pov = (
                         await _knowable_sequences(conn, request, pov_keys, upto) if pov_keys else None
                     )
-                    return searched, recent, known_to_pov
+                    return searched, recent, named, known_to_pov
 
                 if spare_connection and pending is not None:
                     # Idle cores: the vector search gets a connection of its own and runs as soon as
                     # the vector is there, alongside the word and entity searches.
-                    (searched, recent_rows, witnessed), vector_hits = await _together(
+                    (searched, recent_rows, named_rows, witnessed), vector_hits = await _together(
                         without_vector(), vector_apart()
                     )
                     searched["vector"] = vector_hits
                 else:
-                    searched, recent_rows, witnessed = await without_vector()
+                    searched, recent_rows, named_rows, witnessed = await without_vector()
                 result = await retrieve(
                     conn, await with_vector(), preset, searched=searched,
                     chronicle_sequence=chronicle_sequence,
@@ -342,15 +342,14 @@ async def assemble_context(
         finally:
             if pending is not None and not pending.done():
                 pending.cancel()  # the search failed or was cancelled; a memoized embedding goes on
-        return result, recent_rows, witnessed, embed_ms, _ms(t)
+        return result, recent_rows, named_rows, witnessed, embed_ms, _ms(t)
 
     # Current state and the search of the chronicle do not depend on each other: they run at the
     # same time, each on its own connection (ECS, or a replay; the chronicle), and the question is
     # embedded on the embedding thread meanwhile. One request then waits for the longer of the two,
     # not for their sum.
-    (states, pov_state, state_ms), (result, recent_rows, witnessed, embed_ms, retrieve_ms) = await _together(
-        read_state(), search()
-    )
+    (states, pov_state, present, state_ms), searched_all = await _together(read_state(), search())
+    result, recent_rows, named_rows, witnessed, embed_ms, retrieve_ms = searched_all
     timings["embed"] = embed_ms
     timings["state"] = state_ms
     timings["retrieve"] = retrieve_ms
