@@ -513,6 +513,19 @@ class _Directory:
         entity = self.entities.get(self.canonical(normalize_name(name)))
         return entity.name if entity is not None else " ".join(name.split())
 
+    def meant(self, ref: str) -> str | None:
+        """The one entity a reference made of words of its name means ("Idris" for Idris Mollo, as
+        in context questions); None when no entity or several have all those words."""
+        words = name_words(ref)
+        if not words:
+            return None
+        found = {
+            entity.name
+            for entity in self.entities.values()
+            if any(words <= name_words(label) for label in (entity.name, *entity.aliases))
+        }
+        return found.pop() if len(found) == 1 else None
+
     def suggestions(self, ref: str, limit: int = SUGGESTIONS) -> list[str]:
         """Names sharing a word with an unknown reference ("Silas" -> "Silas Crane"), for its error."""
         words = name_words(ref)
@@ -645,7 +658,15 @@ class _Session:
             )  # fmt: skip
 
         named = await self.ecs(from_ecs)
-        return named if named is not None else await self._from_chronicle(ref, field)
+        if named is not None:
+            return named
+        key = normalize_name(ref)
+        directory = await self.directory() if key else None
+        if directory is not None and directory.entities.get(directory.canonical(key)) is None:
+            meant = directory.meant(ref)
+            if meant is not None:
+                return await self.resolve(meant, field)
+        return await self._from_chronicle(ref, field)
 
     async def _from_chronicle(self, ref: str, field: str) -> _Named:
         key = normalize_name(ref)
@@ -967,6 +988,29 @@ def _transfer_sources(world: WorldState, event: StoredEvent) -> dict[str, str]:
     return sources
 
 
+def _holding_partners(world: WorldState, history: Sequence[EventChanges], target: str | None) -> set[str]:
+    """Names (normalized, aliases too) of the items ``target`` held and of those that held it."""
+    if target is None:
+        return set()
+    partners: set[str] = set()
+    for changes in history:
+        for change in changes.changes:
+            if not isinstance(change, ComponentSet | ComponentRemoved) or change.component != "holder":
+                continue
+            value = change.value if isinstance(change, ComponentSet) else None
+            holders = {_holder_of(value), _holder_of(change.previous)}
+            if change.entity_id == target:
+                partners.update(h for h in holders if h is not None)
+            elif target in holders:
+                partners.add(change.entity_id)
+    return {
+        normalize_name(name)
+        for partner in partners
+        if partner in world.entities
+        for name in (world.entities[partner].name, *world.entities[partner].aliases)
+    }
+
+
 def _fate_changes(
     world: WorldState, event: StoredEvent, changes: EventChanges, target: str, names: _Names
 ) -> list[FateChange]:
@@ -998,6 +1042,16 @@ def _fate_changes(
                 giver = names.world_ref(world, before)
                 if giver is None and change.entity_id in (sources := _transfer_sources(world, event)):
                     giver = names.ref(sources[change.entity_id])
+                if giver is None:  # picked up where it lay: from that place
+                    giver = next(
+                        (
+                            names.world_ref(world, c.previous.get("location"))
+                            for c in changes.changes
+                            if isinstance(c, ComponentRemoved) and c.entity_id == change.entity_id
+                            and c.component == "position" and isinstance(c.previous, dict)
+                        ),
+                        None,
+                    )  # fmt: skip
                 out.append(FateChange("received", other=item, counterpart=giver))
             elif before == target and after != target:
                 out.append(FateChange("lost", other=item, counterpart=names.world_ref(world, after)))
@@ -1011,6 +1065,15 @@ async def entity_fate(scope: Scope, query: EntityFateQuery) -> EntityFateResult:
     events, truncated = await _events_naming(scope, [subject.keys])
     world, history = _replay_seeded(events, scope.chronicle_id, [subject])
     target = lookup(world, subject.name)
+    partners = _holding_partners(world, history, target)
+    if partners:
+        # The subject's events alone tell who handed it an item only when every earlier hand-over
+        # of that item named the subject too, and where an item destroyed while carried lies only
+        # when they hold its holder's moves: the partners' events are replayed with them.
+        more, _ = await _events_naming(scope, [sorted(partners)])
+        events = sorted({e.id: e for e in (*events, *more)}.values(), key=lambda e: e.sequence)
+        world, history = _replay_seeded(events, scope.chronicle_id, [subject])
+        target = lookup(world, subject.name)
     world_names = {name for e in world.entities.values() for name in (e.name, *e.aliases)}
     names = await session.names(world_names, ecs=subject.id is not None)
     current = await session.current_state(subject)

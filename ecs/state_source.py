@@ -477,9 +477,10 @@ class ChronicleReplayStateSource:
 
     async def _replay_events_of(
         self, conn: Any, keys: set[str], as_of_sequence: int | None, known: Sequence[KnownEntity]
-    ) -> tuple[WorldState, int]:
+    ) -> tuple[WorldState, int, str | None]:
         """Replay the most recent events that involve any of `keys` (bounded), oldest first, from
-        the seeded alias groups; also how many events that was."""
+        the seeded alias groups; also how many events that was, and the last holder the entity
+        of `keys` had in them (None: never held)."""
         conditions = [*self._in_chronicle(), chronicle_events.c.entity_keys.overlap(sorted(keys))]
         if as_of_sequence is not None:
             conditions.append(chronicle_events.c.sequence <= as_of_sequence)
@@ -491,9 +492,14 @@ class ChronicleReplayStateSource:
         )
         events = await events_at(conn, self.tenant_id, self.chronicle_id, [r[0] for r in rows])
         world = seeded_world(str(self.chronicle_id), known)
+        last_holder: str | None = None
         for event in events:
             apply_event(world, to_chronicle_event(event))
-        return world, len(events)
+            entity_id = next((world.names[k] for k in keys if k in world.names), None)
+            holder = world.entities[entity_id].get(Holder) if entity_id in world.entities else None
+            if holder is not None:
+                last_holder = holder.holder
+        return world, len(events), last_holder
 
     async def known_entities(self) -> tuple[KnownEntity, ...]:
         """Names seen as actors, locations and effect targets in the recent chronicle, every alias
@@ -631,16 +637,18 @@ class ChronicleReplayStateSource:
             for key in entity_ids:
                 entity = known.get(key)
                 keys = {key, *(normalize_name(a) for a in entity.aliases)} if entity else {key}
-                world, replayed = await self._replay_events_of(conn, keys, as_of_sequence, known_list)
+                world, replayed, last_holder = await self._replay_events_of(
+                    conn, keys, as_of_sequence, known_list
+                )
                 entity_id = next((world.names[k] for k in sorted(keys) if k in world.names), None)
                 if entity_id is None or not replayed:
                     continue  # not in the chronicle (by then): the seed alone does not make it exist
-                holder = world.entities[entity_id].get(Holder)
-                if holder is not None and holder.holder in world.entities:
-                    # A held item goes where its holder goes: follow the holder's events too.
-                    holder_entity = world.entities[holder.holder]
+                if last_holder is not None and last_holder in world.entities:
+                    # A held item goes where its holder goes, and one destroyed while held lies
+                    # where its last holder was then: follow the holder's events too.
+                    holder_entity = world.entities[last_holder]
                     holder_keys = {normalize_name(n) for n in (holder_entity.name, *holder_entity.aliases)}
-                    world, _ = await self._replay_events_of(
+                    world, _, _ = await self._replay_events_of(
                         conn, keys | holder_keys, as_of_sequence, known_list
                     )
                     entity_id = next((world.names[k] for k in sorted(keys) if k in world.names), entity_id)

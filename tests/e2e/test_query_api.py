@@ -375,7 +375,7 @@ async def test_state_as_of_a_sequence_and_a_story_time(client, story: Story) -> 
 @pytest.mark.parametrize(
     ("ref", "detail"),
     [
-        ("Ledger", "no entity 'Ledger' in this chronicle; did you mean 'Salt Ledger'?"),
+        ("Golden Key", "no entity 'Golden Key' in this chronicle; did you mean 'Silver Key'?"),
         (
             "the Lantern",
             "no entity 'the Lantern' in this chronicle; did you mean 'Lantern Cellar', 'Lantern Inn'?",
@@ -387,6 +387,14 @@ async def test_an_unknown_name_suggests_the_names_sharing_a_word(client, story: 
     response = await ask_status(client, story, {"type": "entity_fate", "entity": ref})
     assert response.status_code == 404, response.text
     assert response.json()["detail"] == f"entity: {detail}"
+
+
+async def test_words_of_one_name_mean_that_entity(client, story: Story) -> None:
+    """As in context questions: "Ledger" is the Salt Ledger, the only entity with that word."""
+    fate = await ask(client, story, type="entity_fate", entity="the ledger")
+    assert fate["entity"]["name"] == "Salt Ledger"
+    key = await ask(client, story, type="item_interactions", item="key")
+    assert key["item"]["name"] == "Silver Key"
 
 
 @pytest.mark.parametrize(

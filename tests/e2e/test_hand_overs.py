@@ -1,0 +1,169 @@
+"""A story of hand-overs the subject of a question does not witness, asked the way a client would.
+
+The Tolls of Tarrow (written for these tests): the Toll Seal goes Wren -> Tobias (2, Idris
+watching) -> Wren (3, Idris elsewhere) -> Idris (4, no `from`). Idris walks to the Old Mill (5),
+picks up the Saffron Bale lying there (6), and the Amber Flask he carries shatters there (7): it
+lies at the Old Mill, where its holder was, though none of its own events says he went there.
+Tobias goes to the Chapel (8) and is killed there (9); Ada and Father Anselm are at the Chapel
+too (10). Wren is known as the Grey Heron from 11.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from app.database import create_engine
+from ecs import hybrid
+from ecs.projector import Projector
+from tests.conftest import Tenant, make_tenant
+
+
+def _event(sequence: int, summary: str, actors: list, effects: list, location: str | None = None) -> dict:
+    return {"external_id": f"tolls-{sequence:03d}", "summary": summary, "actors": actors,
+            "location": location, "effects": effects}  # fmt: skip
+
+
+def _spawn(name: str, kind: str) -> dict:
+    return {"op": "spawn", "entity": name, "kind": kind}
+
+
+STORY = [
+    _event(1, "Tarrow Wharf wakes: Ada Fenwick, Wren Calloway, Idris Mollo and Tobias Reed on the quay; "
+           "Father Anselm keeps the Chapel; a saffron bale waits at the Old Mill.", [], [
+        *(_spawn(n, "location") for n in ("Tarrow Wharf", "Old Mill", "Chapel")),
+        *(_spawn(n, "character") for n in ("Ada Fenwick", "Wren Calloway", "Idris Mollo", "Tobias Reed",
+                                            "Father Anselm")),
+        *(_spawn(n, "item") for n in ("Toll Seal", "Amber Flask", "Saffron Bale")),
+        *({"op": "move", "entity": n, "to": "Tarrow Wharf"} for n in ("Ada Fenwick", "Wren Calloway",
+                                                                    "Idris Mollo", "Tobias Reed")),
+        {"op": "move", "entity": "Father Anselm", "to": "Chapel"},
+        {"op": "move", "entity": "Saffron Bale", "to": "Old Mill"},
+        {"op": "transfer", "item": "Toll Seal", "to": "Wren Calloway"},
+        {"op": "transfer", "item": "Amber Flask", "to": "Idris Mollo"},
+    ]),
+    _event(2, "Wren lends the toll seal to Tobias while Idris looks on.",
+           [{"name": "Wren Calloway", "role": "agent"}, {"name": "Tobias Reed", "role": "patient"},
+            {"name": "Idris Mollo", "role": "witness"}],
+           [{"op": "transfer", "item": "Toll Seal", "to": "Tobias Reed", "from": "Wren Calloway"}], "Tarrow Wharf"),
+    _event(3, "Tobias gives the seal back to Wren after the tally.",
+           [{"name": "Tobias Reed"}, {"name": "Wren Calloway"}],
+           [{"op": "transfer", "item": "Toll Seal", "to": "Wren Calloway"}], "Tarrow Wharf"),
+    _event(4, "Wren presses the seal into Idris's hand.", [{"name": "Wren Calloway"}, {"name": "Idris Mollo"}],
+           [{"op": "transfer", "item": "Toll Seal", "to": "Idris Mollo"}], "Tarrow Wharf"),
+    _event(5, "Idris walks the towpath up to the Old Mill.", [{"name": "Idris Mollo"}],
+           [{"op": "move", "entity": "Idris Mollo", "to": "Old Mill"}], "Old Mill"),
+    _event(6, "Idris shoulders the saffron bale.", [{"name": "Idris Mollo"}],
+           [{"op": "transfer", "item": "Saffron Bale", "to": "Idris Mollo"}], "Old Mill"),
+    _event(7, "The amber flask slips and shatters on the millstones.", [],
+           [{"op": "destroy", "entity": "Amber Flask"}]),
+    _event(8, "Tobias goes to the Chapel to pray.", [{"name": "Tobias Reed"}],
+           [{"op": "move", "entity": "Tobias Reed", "to": "Chapel"}], "Chapel"),
+    _event(9, "Tobias Reed is stabbed at the altar.", [{"name": "Tobias Reed", "role": "patient"}],
+           [{"op": "status", "entity": "Tobias Reed", "status": "dead"}], "Chapel"),
+    _event(10, "Ada kneels by the body in the Chapel.", [{"name": "Ada Fenwick"}],
+           [{"op": "move", "entity": "Ada Fenwick", "to": "Chapel"}], "Chapel"),
+    _event(11, "On the river they start calling Wren the Grey Heron.", [{"name": "Wren Calloway"}],
+           [{"op": "alias", "entity": "Wren Calloway", "alias": "Grey Heron"}], "Tarrow Wharf"),
+]  # fmt: skip
+
+
+@dataclass
+class Story:
+    tenant: Tenant
+    chronicle: str
+
+
+@pytest.fixture(scope="module")
+async def story(client, engine) -> Story:
+    tenant = await make_tenant(engine)
+    response = await client.post(
+        "/api/chronicles", json={"title": "The Tolls of Tarrow"}, headers=tenant.headers
+    )
+    assert response.status_code == 201, response.text
+    chronicle = response.json()["id"]
+    response = await client.post(
+        f"/api/chronicles/{chronicle}/events", json={"events": STORY}, headers=tenant.headers
+    )
+    assert response.status_code == 200, response.text
+    await Projector(engine, engine).catch_up(uuid.UUID(chronicle))
+    return Story(tenant, chronicle)
+
+
+@pytest.fixture
+async def degraded(engine, story: Story):
+    """The hybrid functions with a chronicle engine that works and an ECS engine that cannot connect."""
+    dead = create_engine("postgresql+asyncpg://lore:lore@127.0.0.1:1/lore", timeout_ms=2_000, pool_size=1)
+    yield hybrid.Scope(engine, dead, story.tenant.id, uuid.UUID(story.chronicle))
+    await dead.dispose()
+
+
+async def context(client, story: Story, **body) -> dict:
+    response = await client.post(
+        f"/api/chronicles/{story.chronicle}/context", json=body, headers=story.tenant.headers
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _timeline(changes: list[tuple[int, str, str | None, str | None]]) -> list[tuple]:
+    return sorted(changes)
+
+
+def fate_timeline(fate: dict) -> list[tuple]:
+    return [
+        (e["event"]["sequence"], c["what"], (c.get("other") or {}).get("name"), (c.get("counterpart") or {}).get("name"))
+        for e in fate["events"] for c in e["changes"]
+    ]  # fmt: skip
+
+
+def degraded_timeline(fate: hybrid.EntityFateResult) -> list[tuple]:
+    return [
+        (e.event.sequence, c.what, c.other.name if c.other else None, c.counterpart.name if c.counterpart else None)
+        for e in fate.events for c in e.changes
+    ]  # fmt: skip
+
+
+IDRIS_RECEIVED = [
+    (1, "received", "Amber Flask", None),
+    (4, "received", "Toll Seal", "Wren Calloway"),  # not Tobias: the seal went back to Wren at 3
+    (6, "received", "Saffron Bale", "Old Mill"),  # picked up where it lay
+]
+
+
+async def test_fate_names_who_really_handed_each_item_over(client, story: Story, degraded) -> None:
+    response = await client.post(
+        f"/api/chronicles/{story.chronicle}/query", json={"type": "entity_fate", "entity": "Idris"},
+        headers=story.tenant.headers,
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    received = [c for c in fate_timeline(response.json()) if c[1] == "received"]
+    assert received == IDRIS_RECEIVED
+    fate = await hybrid.answer(degraded, hybrid.EntityFateQuery(entity="Idris Mollo"))
+    assert isinstance(fate, hybrid.EntityFateResult)
+    assert fate.answered_from == "chronicle"
+    assert [c for c in degraded_timeline(fate) if c[1] == "received"] == IDRIS_RECEIVED
+
+
+async def test_a_thing_destroyed_while_carried_lies_where_its_holder_was(
+    client, story: Story, degraded
+) -> None:
+    response = await client.post(
+        f"/api/chronicles/{story.chronicle}/query", json={"type": "entity_fate", "entity": "Amber Flask"},
+        headers=story.tenant.headers,
+    )  # fmt: skip
+    fate = response.json()
+    assert fate["current"]["location"]["value"] == "Old Mill"
+    assert (7, "moved", "Old Mill", None) in fate_timeline(fate)
+    chronicle_only = await hybrid.answer(degraded, hybrid.EntityFateQuery(entity="Amber Flask"))
+    assert isinstance(chronicle_only, hybrid.EntityFateResult)
+    assert (7, "moved", "Old Mill", None) in degraded_timeline(chronicle_only)
+    assert chronicle_only.current is not None and chronicle_only.current.location is not None
+    assert chronicle_only.current.location.value == "Old Mill"
+    for mode in ("full", "chronicle_only"):
+        bundle = await context(client, story, query="Where is the amber flask?", mode=mode, format="json")
+        [flask] = [s for s in bundle["state"] if s["name"] == "Amber Flask"]
+        assert (flask["location"]["value"], flask["location"]["sequence"]) == ("Old Mill", 7), mode
+        assert flask["status"]["value"] == "destroyed"
