@@ -129,6 +129,7 @@ def _handle_problem(request: Request[Any, Any, Any], exc: ProblemError) -> Respo
 
 
 _INDEX = re.compile(r"\[(\d+)\]")
+_OBJECT_FIELD = re.compile(r"^Object (?:missing required|contains unknown) field `([^`]+)`")
 
 
 def _field_error(item: dict[str, Any]) -> FieldError:
@@ -136,6 +137,13 @@ def _field_error(item: dict[str, Any]) -> FieldError:
     key = str(item.get("key", "") or "")
     # msgspec reports post-init errors at the object; we keep its path (`events[3].effects[0]`).
     key = key.removeprefix("$.").removeprefix("data.")
+    if key in ("data", "$"):
+        key = ""  # the body itself
+    named = _OBJECT_FIELD.search(message)
+    if named is not None:
+        # "Object missing required field `query`" is reported at the object; the field is the
+        # one a client has to mend.
+        key = f"{key}.{named.group(1)}" if key else named.group(1)
     match = _INDEX.search(key)
     index = int(match.group(1)) if match and key.startswith("events[") else None
     return FieldError(field=key or "body", message=message, index=index)

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ecs.breaker import BreakerOpen, CircuitBreaker, SlowCall
 from ecs.repository import Checkpoint
 from ecs.state_source import EcsStateSource
-from rag.context import EntityState
+from rag.context import EntityState, Present
 from rag.outages import is_unavailable_error
 from rag.query_analysis import KnownEntity
 from rag.store import recorded_at_of
@@ -103,7 +103,7 @@ class GuardedEcsSource:
     async def position(self) -> int | None:
         return await self.guard(self.inner.position)
 
-    async def present_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[str]:
+    async def present_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[Present]:
         if as_of_sequence is not None and as_of_sequence < (await self.position() or 0):
             return await self.inner.present_at(location_id, as_of_sequence, limit)  # replayed, as above
         return await self.guard(lambda: self.inner.present_at(location_id, as_of_sequence, limit))

@@ -37,7 +37,7 @@ from ecs.reducer import (
 )
 from ecs.repository import Checkpoint, read_checkpoint
 from ecs.schema import ecs_components, ecs_entities
-from rag.context import EntityState, Fact, RelationFact
+from rag.context import EntityState, Fact, Present, RelationFact
 from rag.events import normalize_name
 from rag.query_analysis import KnownEntity
 from rag.schema import chronicle_events
@@ -311,8 +311,8 @@ class EcsStateSource:
             ],
         )
 
-    async def present_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[str]:
-        """Names of the characters at the place (now, or as of a sequence: replayed), in order of
+    async def present_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[Present]:
+        """The characters at the place (now, or as of a sequence: replayed), in order of
         appearance."""
         position = await self.position()
         if as_of_sequence is not None and as_of_sequence < (position or 0):
@@ -326,7 +326,7 @@ class EcsStateSource:
             found = await list_entities(
                 conn, self.tenant_id, self.chronicle_id, filters, after=None, limit=limit
             )
-        return [summary.name for summary in found]
+        return [Present(summary.name, summary.status) for summary in found]
 
     async def replayed(self, entity_ids: Sequence[str], as_of_sequence: int) -> list[EntityState]:
         """The entities as they were at `as_of_sequence`, replayed from the chronicle."""
@@ -595,9 +595,9 @@ class ChronicleReplayStateSource:
                     found.append(KnownEntity(id=key, name=entity.name, kind=entity.kind))
         return found
 
-    async def present_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[str]:
-        """Names of the characters named in the place's recent events (``PRESENCE_SCAN_EVENTS``)
-        whose replay puts them there, newest-named first."""
+    async def present_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[Present]:
+        """The characters named in the place's recent events (``PRESENCE_SCAN_EVENTS``) whose
+        replay puts them there, newest-named first."""
         known = {k.id: k for k in await self.known_entities()}
         place = known.get(location_id)
         keys = sorted({location_id, *(normalize_name(a) for a in place.aliases)} if place else {location_id})
@@ -623,7 +623,7 @@ class ChronicleReplayStateSource:
             if state.kind != PRESENT_KIND or state.location is None:
                 continue
             if normalize_name(str(state.location.value)) in keys:
-                present.append(state.name)
+                present.append(Present(state.name, None if state.status is None else str(state.status.value)))
         return present[:limit]
 
     async def entity_states(self, entity_ids: Sequence[str], as_of_sequence: int | None) -> list[EntityState]:
@@ -666,16 +666,18 @@ recent events, whose entities are replayed to see who is still there (an entity 
 before them and never left is missed)."""
 
 
-def present_in_world(state: WorldState, location_id: str, limit: int) -> list[str]:
-    """Names of the characters whose place in a reducer state is ``location_id``, in order of
-    appearance."""
+def present_in_world(state: WorldState, location_id: str, limit: int) -> list[Present]:
+    """The characters whose place in a reducer state is ``location_id``, in order of appearance."""
     present = [
         entity
         for entity in state.entities.values()
         if entity.kind == PRESENT_KIND and location_of(state, entity.id) == location_id
     ]
     present.sort(key=lambda e: (e.created_sequence, e.id))
-    return [entity.name for entity in present[:limit]]
+    return [
+        Present(entity.name, status.value if (status := entity.get(Status)) is not None else None)
+        for entity in present[:limit]
+    ]
 
 
 def named_in_event(

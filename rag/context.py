@@ -19,15 +19,15 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from rag.events import normalize_name
 from rag.presets import RetrievalPreset
-from rag.query_analysis import KnownEntity, analyse_query
+from rag.query_analysis import KnownEntity, analyse_query, resolve_reference
 from rag.retrieval import (
     SOURCE_ORDER,
     RetrievalQuery,
@@ -51,8 +51,10 @@ __all__ = [
     "Fact",
     "HistoryItem",
     "Manifest",
+    "Present",
     "RelationFact",
     "StateSource",
+    "UnknownPointOfView",
     "assemble_context",
     "needs_query_vector",
 ]
@@ -102,6 +104,13 @@ class EntityState(msgspec.Struct, frozen=True, kw_only=True):
     relationships: list[RelationFact] = []
 
 
+class Present(msgspec.Struct, frozen=True):
+    """A character at a place, with its status (None: none recorded)."""
+
+    name: str
+    status: str | None = None
+
+
 class StateSource(Protocol):
     """Where current state comes from (ECS, or a replay of the chronicle)."""
 
@@ -122,8 +131,8 @@ class StateSource(Protocol):
         """The last chronicle sequence this state reflects."""
         ...
 
-    async def present_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[str]:
-        """The names of the characters at a place (now, or as of a sequence), at most ``limit``."""
+    async def present_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[Present]:
+        """The characters at a place (now, or as of a sequence), at most ``limit``."""
         ...
 
 
@@ -228,6 +237,7 @@ async def assemble_context(
     known = await state_source.known_entities() if state_source is not None else ()
     scope = (request.chronicle_id, state_source.label) if state_source is not None else None
     analysis = analyse_query(request.query, known, request.focus, scope=scope)
+    pov = _point_of_view(request.pov, known, scope)
     timings["analyse"] = _ms(t)
 
     focus_ids = list(dict.fromkeys(m.entity_id for m in analysis.mentions))
@@ -237,17 +247,17 @@ async def assemble_context(
     )
 
     sources = sources_for_mode(request.retrieval_mode)
-    pov_keys = _pov_keys(request.pov, known)
+    pov_keys = [] if pov is None else sorted({normalize_name(n) for n in (pov.name, *pov.aliases)})
     upto = request.as_of_sequence if request.as_of_sequence is not None else chronicle_sequence
 
-    async def read_state() -> tuple[list[EntityState], EntityState | None, dict[str, list[str]], float]:
+    async def read_state() -> tuple[list[EntityState], EntityState | None, dict[str, list[Present]], float]:
         """The focus entities' states, the point of view's, and who is at each focus place (by id)."""
         t = time.perf_counter()
-        present: dict[str, list[str]] = {}
+        present: dict[str, list[Present]] = {}
         if state_source is None or not request.include_state:
             return [], None, present, _ms(t)
         wanted = list(focus_ids)
-        pov_id = _resolve(request.pov, known) if request.pov else None
+        pov_id = pov.id if pov is not None else None
         if pov_id is not None and pov_id not in wanted:
             wanted.append(pov_id)
         fetched = {s.id: s for s in await state_source.entity_states(wanted, request.as_of_sequence)}
@@ -258,9 +268,9 @@ async def assemble_context(
             # crowd history out of the budget (and a question about a past event there is
             # answered by that event, not by who is there now).
             for place in [s for s in states if s.kind == "location"]:
-                names = await state_source.present_at(place.id, request.as_of_sequence, PRESENT_LISTED)
+                found = await state_source.present_at(place.id, request.as_of_sequence, PRESENT_LISTED)
                 # By name: the same order whichever source answered (ECS or a replay).
-                present[place.id] = sorted(names, key=lambda n: (n.casefold(), n))
+                present[place.id] = sorted(found, key=lambda p: (p.name.casefold(), p.name))
         return states, fetched.get(pov_id) if pov_id else None, present, _ms(t)
 
     async def embedding() -> tuple[list[float], float]:
@@ -398,12 +408,16 @@ async def assemble_context(
         "mode": mode,
         "degraded_reason": degraded_reason,
         "source": state_source.label if state_source is not None else "none",
-        "pov": pov_state.name if pov_state is not None else request.pov,
+        "pov": pov_state.name if pov_state is not None else (pov.name if pov is not None else None),
         "focus": focus_list,
         "state": state_views,
     }
     # Keep history by score; render it in chronological order.
-    by_score = sorted(history, key=lambda h: (-(h.score or 0.0), h.sequence))
+    # The events the question names come first and go last: after the other history and the
+    # recent events ("what happened at #13?" is answered by #13 whatever else fits).
+    named_items = {str(e.id) for e in named_rows}
+    by_score = sorted(history, key=lambda h: (h.id not in named_items, -(h.score or 0.0), h.sequence))
+    n_named = sum(h.id in named_items for h in history)
 
     # The budget search renders and counts the same cut more than once (the check, the search's
     # last probe, the final text, the manifest's count); each is done once per distinct cut/text.
@@ -434,12 +448,19 @@ async def assemble_context(
     budget = request.max_tokens
     if count(text) > budget:
         guess = _items_within(by_score[::-1], count(text) - budget, count(text) / max(len(text), 1))
-        n_history = _largest_fitting(lambda n: render(n, n_recent), n_history, count, budget, guess)
+        n_history = n_named + _largest_fitting(
+            lambda n: render(n_named + n, n_recent), n_history - n_named, count, budget, guess - n_named
+        )
         text = render(n_history, n_recent)
     if count(text) > budget:
         guess = _items_within(recent, count(text) - budget, count(text) / max(len(text), 1))
-        n_recent = _largest_fitting(lambda n: render(0, n), n_recent, count, budget, guess)
-        text = render(0, n_recent)
+        n_recent = _largest_fitting(lambda n: render(n_named, n), n_recent, count, budget, guess)
+        text = render(n_history, n_recent)
+    if count(text) > budget and n_named:
+        named_last_first = by_score[:n_named][::-1]
+        guess = _items_within(named_last_first, count(text) - budget, count(text) / max(len(text), 1))
+        n_history = _largest_fitting(lambda n: render(n, 0), n_named, count, budget, guess)
+        text = render(n_history, n_recent)
     truncated = False
     if count(text) > budget:
         text = counter.truncate(text, budget)
@@ -480,7 +501,7 @@ async def assemble_context(
             preset=request.preset.name,
             facets=list(analysis.facets),
             unresolved_focus=list(analysis.unresolved_focus),
-            present={s.name: present[s.id] for s in states if s.id in present},
+            present={s.name: [p.name for p in present[s.id]] for s in states if s.id in present},
         ),
         token_count=count(text),
         max_tokens=request.max_tokens,
@@ -563,26 +584,25 @@ def _items_within(drop_order: Sequence[HistoryItem], excess_tokens: int, tokens_
     return kept
 
 
-def _resolve(ref: str, known: Sequence[KnownEntity]) -> str | None:
-    key = normalize_name(ref)
-    for entity in known:
-        if (
-            entity.id == ref
-            or normalize_name(entity.name) == key
-            or key in map(normalize_name, entity.aliases)
-        ):
-            return entity.id
-    return None
+class UnknownPointOfView(ValueError):
+    """The request's ``pov`` names no entity of the chronicle, or several."""
 
 
-def _pov_keys(pov: str | None, known: Sequence[KnownEntity]) -> list[str]:
-    if not pov:
-        return []
-    entity_id = _resolve(pov, known)
-    if entity_id is None:
-        return [normalize_name(pov)]
-    entity = next(k for k in known if k.id == entity_id)
-    return sorted({normalize_name(n) for n in (entity.name, *entity.aliases)})
+def _point_of_view(
+    ref: str | None, known: Sequence[KnownEntity], scope: Hashable | None
+) -> KnownEntity | None:
+    """The entity whose knowledge bounds the history, resolved like a ``focus`` entry ("Nessa" is
+    Nessa Pell). One that names nobody is an error, not an empty history: every event would be
+    judged unknowable to a character that is not there."""
+    if ref is None:
+        return None
+    found = resolve_reference(ref, known, scope=scope)
+    if not found:
+        raise UnknownPointOfView(f"no entity {ref!r} in this chronicle")
+    if len(found) > 1:
+        names = ", ".join(repr(e.name) for e in sorted(found, key=lambda e: (e.name.casefold(), e.name)))
+        raise UnknownPointOfView(f"{ref!r} may be {names}: name one")
+    return found[0]
 
 
 def _widened(preset: RetrievalPreset) -> RetrievalPreset:
@@ -648,12 +668,13 @@ def _rendered_relationships(state: EntityState, focus_ids: set[str]) -> tuple[li
 
 
 def _state_view(
-    state: EntityState, relationships: Sequence[RelationFact], present: list[str] | None = None
+    state: EntityState, relationships: Sequence[RelationFact], present: list[Present] | None = None
 ) -> dict[str, Any]:
     return {
         "name": state.name,
         "kind": state.kind,
-        "present": present,
+        # "Tobias Reed (dead)": a body in the chapel is there, but not as the living are.
+        "present": None if present is None else [p.name + _marked_status(p.status) for p in present],
         "location": None if state.location is None else {"name": state.location.value,
                                                           "sequence": state.location.sequence},
         "status": None
@@ -807,12 +828,13 @@ def _supersession(
     return (True, "; ".join(notes)) if notes else (False, None)
 
 
+MARKED_STATUSES: Final = frozenset({"dead", "destroyed", "missing", "unconscious"})
+"""Statuses the text states beside a name (an entity is taken as able to act otherwise)."""
+
+
+def _marked_status(status: str | None) -> str:
+    return f" ({status})" if status is not None and status in MARKED_STATUSES else ""
+
+
 def _status_suffix(state: EntityState) -> str:
-    if state.status is not None and str(state.status.value) in (
-        "dead",
-        "destroyed",
-        "missing",
-        "unconscious",
-    ):
-        return f" ({state.status.value})"
-    return ""
+    return _marked_status(None if state.status is None else str(state.status.value))

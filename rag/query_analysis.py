@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Final, Literal, get_args
 
 import msgspec
@@ -104,17 +104,36 @@ _TRIM: Final = ".:!?"
 _ORDINAL: Final = re.compile(r"\d+(?:st|nd|rd|th)", re.IGNORECASE)
 
 
-def event_references(text: str) -> EventReferences | None:
-    """The events ``text`` names by ``#sequence``, event id or a word that may be an external id."""
-    sequences = list(dict.fromkeys(int(m.group(1)) for m in _SEQUENCE_REF.finditer(text)))
-    ids: list[str] = []
-    external: list[str] = []
+def _id_words(text: str) -> Iterator[tuple[str, int]]:
+    """The words of ``text`` that may be event ids or external ids, with where each starts."""
     for match in _ID_LIKE.finditer(text):
         word = match.group().rstrip(_TRIM)
         if len(word) < 3 or word.startswith("#") or not any(c.isdigit() for c in word):
             continue
         if not any(c.isalpha() for c in word) or _ORDINAL.fullmatch(word):
             continue  # "1201", "10:30", "3rd": years, times and ordinals, far more often than ids
+        yield word, match.start()
+
+
+def _mask_id_words(text: str, known: Sequence[KnownEntity]) -> str:
+    """``text`` with its id words blanked out (same length, so spans still point into ``text``):
+    "tarrow-017" names an event, not the Tarrow Wharf. A word that is itself a name stays."""
+    found = list(_id_words(text))
+    if not found:
+        return text
+    names = {normalize_name(label) for entity in known for label in (entity.name, *entity.aliases)}
+    for word, start in found:
+        if normalize_name(word) not in names:
+            text = text[:start] + " " * len(word) + text[start + len(word) :]
+    return text
+
+
+def event_references(text: str) -> EventReferences | None:
+    """The events ``text`` names by ``#sequence``, event id or a word that may be an external id."""
+    sequences = list(dict.fromkeys(int(m.group(1)) for m in _SEQUENCE_REF.finditer(text)))
+    ids: list[str] = []
+    external: list[str] = []
+    for word, _ in _id_words(text):
         try:
             ids.append(str(uuid.UUID(word)))
         except ValueError:
@@ -256,7 +275,9 @@ _FACET_PATTERNS: Final[tuple[tuple[Facet, re.Pattern[str]], ...]] = (
         "presence",
         _words(
             "who was at",
-            "who(?: is| are| were| was|'s|’s) (?:at|in|inside|there|here|with)",
+            "who(?: else)?(?: is| are| were| was|'s|’s) (?:at|in|on|inside|aboard|there|here|with)",
+            "(?:which|what) (?:characters|people|persons|ones|of them) (?:is|are|were|was) "
+            "(?:at|in|on|inside|aboard|there|here|with)",
             "who was present",
             "who were present",
             "present",
@@ -549,6 +570,14 @@ def _resolve_focus(
     return [] if term is None else [by_id[i] for i in term.entity_ids]
 
 
+def resolve_reference(
+    entry: str, known: Sequence[KnownEntity], *, scope: Hashable | None = None
+) -> list[KnownEntity]:
+    """The entities a client's reference to one entity means, as for a ``focus`` entry: its id,
+    else its name, else an alias, else (a single word) the entities whose names contain it."""
+    return _resolve_focus(entry, known, {e.id: e for e in known}, _terms_for(known, scope))
+
+
 def _window(text: str) -> tuple[str, bool]:
     if len(text) <= MAX_QUERY_CHARS:
         return text, False
@@ -586,7 +615,7 @@ def analyse_query(
     """
     window, truncated = _window(text)
     facets, dimensions = _facets_and_dimensions(window)
-    occurrences = _find_mentions(window, known, scope)
+    occurrences = _find_mentions(_mask_id_words(window, known), known, scope)
     first_seen: dict[str, tuple[tuple[int, int], bool]] = {}
     for entity_id, span, ambiguous in occurrences:
         first_seen.setdefault(entity_id, (span, ambiguous))

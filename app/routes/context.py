@@ -22,7 +22,14 @@ from app.errors import FieldError, ProblemError, not_found
 from app.services import Services
 from ecs.guard import GuardedEcsSource, check_staleness, is_ecs_failure
 from ecs.state_source import ChronicleReplayStateSource, EcsStateSource
-from rag.context import Bundle, ContextRequest, StateSource, assemble_context, needs_query_vector
+from rag.context import (
+    Bundle,
+    ContextRequest,
+    StateSource,
+    UnknownPointOfView,
+    assemble_context,
+    needs_query_vector,
+)
 from rag.presets import PRESETS, get_preset
 from rag.store import ChronicleRow, get_chronicle, without_transaction
 from rag.templates import UnknownTemplate
@@ -234,10 +241,12 @@ class ContextController(Controller):
         services.contexts_in_flight += 1
         try:
             bundle = await build_bundle(services, tenant_id, chronicle_id, data)
+        except UnknownPointOfView as error:
+            raise _invalid("pov", str(error)) from None
         finally:
             services.contexts_in_flight -= 1
         if data.format == "text":
-            return Response(bundle.text.encode(), media_type="text/plain; charset=utf-8")
+            return Response(bundle.text.encode(), media_type=MediaType.TEXT)
         if data.format == "json":
             bundle = msgspec.structs.replace(bundle, text="")
         return Response(msgspec.json.encode(bundle), media_type="application/json")

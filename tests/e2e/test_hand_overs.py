@@ -22,7 +22,7 @@ from tests.conftest import Tenant, make_tenant
 
 
 def _event(sequence: int, summary: str, actors: list, effects: list, location: str | None = None) -> dict:
-    return {"external_id": f"tolls-{sequence:03d}", "summary": summary, "actors": actors,
+    return {"external_id": f"tarrow-{sequence:03d}", "summary": summary, "actors": actors,
             "location": location, "effects": effects}  # fmt: skip
 
 
@@ -167,3 +167,58 @@ async def test_a_thing_destroyed_while_carried_lies_where_its_holder_was(
         [flask] = [s for s in bundle["state"] if s["name"] == "Amber Flask"]
         assert (flask["location"]["value"], flask["location"]["sequence"]) == ("Old Mill", 7), mode
         assert flask["status"]["value"] == "destroyed"
+
+
+async def test_presence_marks_the_dead_and_reads_more_phrasings(client, story: Story) -> None:
+    for query in ("Who else is at the Chapel?", "Which characters are in the Chapel?", "Who was on the Chapel?"):
+        for mode in ("full", "chronicle_only"):
+            bundle = await context(client, story, query=query, mode=mode, format="both")
+            assert "presence" in bundle["manifest"]["facets"], (query, mode)
+            assert bundle["manifest"]["present"] == {"Chapel": ["Ada Fenwick", "Father Anselm", "Tobias Reed"]}
+            assert "Present: Ada Fenwick, Father Anselm, Tobias Reed (dead)" in bundle["text"], (query, mode)
+
+
+async def test_pov_by_first_name_and_an_unknown_pov(client, story: Story) -> None:
+    by_first = await context(client, story, query="What happened to Tobias?", pov="Idris", format="json")
+    by_name = await context(client, story, query="What happened to Tobias?", pov="Idris Mollo", format="json")
+    seen = [h["sequence"] for h in by_first["history"] + by_first["recent"]]
+    assert seen == [h["sequence"] for h in by_name["history"] + by_name["recent"]]
+    assert {2, 3} <= set(seen)  # on the wharf with Tobias
+    assert not {8, 9} & set(seen)  # at the Old Mill while Tobias went to the Chapel and died there
+    for pov in ("Zebediah", "Reedless"):
+        response = await client.post(
+            f"/api/chronicles/{story.chronicle}/context", json={"query": "What happened?", "pov": pov},
+            headers=story.tenant.headers,
+        )  # fmt: skip
+        assert response.status_code == 422, response.text
+        [error] = response.json()["errors"]
+        assert error["field"] == "pov"
+        assert f"no entity '{pov}'" in error["message"]
+
+
+async def test_an_event_named_in_the_question_outlasts_the_recent_ones_in_a_small_budget(client, story: Story) -> None:
+    bundle = await context(client, story, query="What happened at #2?", max_tokens=120, format="both")
+    assert [h["sequence"] for h in bundle["history"]] == [2]
+    assert bundle["history"][0]["why"] == ["named in the question"]
+    assert bundle["token_count"] <= 120
+    dropped = {o["sequence"] for o in bundle["manifest"]["omitted"] if o["section"] == "recent"}
+    assert dropped  # recent events gave way first
+    assert "lend" in bundle["text"]
+
+
+async def test_an_external_id_in_the_question_is_not_a_name(client, story: Story) -> None:
+    bundle = await context(client, story, query="What happened in tarrow-005?", format="json")
+    assert bundle["focus"] == []
+    [named] = [h for h in bundle["history"] if h["why"] == ["named in the question"]]
+    assert named["sequence"] == 5
+
+
+async def test_text_format_and_error_fields(client, story: Story) -> None:
+    url = f"/api/chronicles/{story.chronicle}/context"
+    text = await client.post(url, json={"query": "Where is Ada?", "format": "text"}, headers=story.tenant.headers)
+    assert text.headers["content-type"] == "text/plain; charset=utf-8"
+    missing = await client.post(url, json={"format": "json"}, headers=story.tenant.headers)
+    assert missing.status_code == 422
+    assert [e["field"] for e in missing.json()["errors"]] == ["query"]
+    unknown = await client.post(url, json={"query": "x", "colour": "red"}, headers=story.tenant.headers)
+    assert [e["field"] for e in unknown.json()["errors"]] == ["colour"]
