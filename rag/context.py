@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Sequence
@@ -241,6 +242,9 @@ async def assemble_context(
     timings["analyse"] = _ms(t)
 
     focus_ids = list(dict.fromkeys(m.entity_id for m in analysis.mentions))
+    if pov is not None and pov.id not in focus_ids and _FIRST_PERSON.search(request.query):
+        # "Where am I?" asked as the point of view is a question about the pov's own state.
+        focus_ids.insert(0, pov.id)
     by_id = {k.id: k for k in known}
     focus_keys = sorted(
         {normalize_name(n) for i in focus_ids if i in by_id for n in (by_id[i].name, *by_id[i].aliases)}
@@ -405,6 +409,7 @@ async def assemble_context(
     focus_list = [{"id": s.id, "name": s.name, "kind": s.kind} for s in states]
     render_base = {
         "query": request.query,
+        "as_of": request.as_of_sequence,
         "mode": mode,
         "degraded_reason": degraded_reason,
         "source": state_source.label if state_source is not None else "none",
@@ -673,6 +678,7 @@ def _state_view(
     return {
         "name": state.name,
         "kind": state.kind,
+        "aliases": list(state.aliases),
         # "Tobias Reed (dead)": a body in the chapel is there, but not as the living are.
         "present": None if present is None else [p.name + _marked_status(p.status) for p in present],
         "location": None if state.location is None else {"name": state.location.value,
@@ -827,6 +833,9 @@ def _supersession(
             notes.append(f"earlier: {state.name} {claimed_status}; now: {state.name} {now_status.value}")
     return (True, "; ".join(notes)) if notes else (False, None)
 
+
+_FIRST_PERSON: Final = re.compile(r"\bI\b|\b(?i:me|my|mine|myself)\b")
+"""Words by which a question asked as the point of view speaks of the pov itself."""
 
 MARKED_STATUSES: Final = frozenset({"dead", "destroyed", "missing", "unconscious"})
 """Statuses the text states beside a name (an entity is taken as able to act otherwise)."""

@@ -115,17 +115,25 @@ def _id_words(text: str) -> Iterator[tuple[str, int]]:
         yield word, match.start()
 
 
-def _mask_id_words(text: str, known: Sequence[KnownEntity]) -> str:
-    """``text`` with its id words blanked out (same length, so spans still point into ``text``):
-    "tarrow-017" names an event, not the Tarrow Wharf. A word that is itself a name stays."""
-    found = list(_id_words(text))
-    if not found:
-        return text
-    names = {normalize_name(label) for entity in known for label in (entity.name, *entity.aliases)}
-    for word, start in found:
-        if normalize_name(word) not in names:
-            text = text[:start] + " " * len(word) + text[start + len(word) :]
-    return text
+def _inside_id_words(
+    text: str, occurrences: list[tuple[str, tuple[int, int], bool]], known: Sequence[KnownEntity]
+) -> list[tuple[str, tuple[int, int], bool]]:
+    """``occurrences`` without the words of names found inside an id ("tarrow-017" names an
+    event, not the Tarrow Wharf); a whole name or alias stays, even one that looks like an id."""
+    ids = [(start, start + len(word)) for word, start in _id_words(text)]
+    if not ids:
+        return occurrences
+    by_id = {entity.id: entity for entity in known}
+    kept = []
+    for entity_id, (begin, end), ambiguous in occurrences:
+        inside = any(lo <= begin and end <= hi for lo, hi in ids)
+        entity = by_id.get(entity_id)
+        whole = entity is not None and normalize_name(text[begin:end]) in {
+            normalize_name(label) for label in (entity.name, *entity.aliases)
+        }
+        if not inside or whole:
+            kept.append((entity_id, (begin, end), ambiguous))
+    return kept
 
 
 def event_references(text: str) -> EventReferences | None:
@@ -615,7 +623,7 @@ def analyse_query(
     """
     window, truncated = _window(text)
     facets, dimensions = _facets_and_dimensions(window)
-    occurrences = _find_mentions(_mask_id_words(window, known), known, scope)
+    occurrences = _inside_id_words(window, _find_mentions(window, known, scope), known)
     first_seen: dict[str, tuple[tuple[int, int], bool]] = {}
     for entity_id, span, ambiguous in occurrences:
         first_seen.setdefault(entity_id, (span, ambiguous))

@@ -89,6 +89,8 @@ class RelationshipView(TypedDict):
 class StateView(TypedDict):
     name: str
     kind: str
+    aliases: NotRequired[list[str]]
+    """Other names of the entity (v3 renders them)."""
     location: LocationView | None
     status: str | StatusView | None
     inventory: list[str | ItemView]
@@ -110,6 +112,8 @@ class EventView(TypedDict):
 
 class RenderContext(TypedDict):
     query: str
+    as_of: NotRequired[int | None]
+    """The sequence the bundle was asked as of; None (or absent) for the current state."""
     mode: Literal["full", "chronicle_only"]
     degraded_reason: str | None
     source: Literal["ecs", "chronicle replay"]

@@ -170,11 +170,17 @@ async def test_a_thing_destroyed_while_carried_lies_where_its_holder_was(
 
 
 async def test_presence_marks_the_dead_and_reads_more_phrasings(client, story: Story) -> None:
-    for query in ("Who else is at the Chapel?", "Which characters are in the Chapel?", "Who was on the Chapel?"):
+    for query in (
+        "Who else is at the Chapel?",
+        "Which characters are in the Chapel?",
+        "Who was on the Chapel?",
+    ):
         for mode in ("full", "chronicle_only"):
             bundle = await context(client, story, query=query, mode=mode, format="both")
             assert "presence" in bundle["manifest"]["facets"], (query, mode)
-            assert bundle["manifest"]["present"] == {"Chapel": ["Ada Fenwick", "Father Anselm", "Tobias Reed"]}
+            assert bundle["manifest"]["present"] == {
+                "Chapel": ["Ada Fenwick", "Father Anselm", "Tobias Reed"]
+            }
             assert "Present: Ada Fenwick, Father Anselm, Tobias Reed (dead)" in bundle["text"], (query, mode)
 
 
@@ -196,7 +202,9 @@ async def test_pov_by_first_name_and_an_unknown_pov(client, story: Story) -> Non
         assert f"no entity '{pov}'" in error["message"]
 
 
-async def test_an_event_named_in_the_question_outlasts_the_recent_ones_in_a_small_budget(client, story: Story) -> None:
+async def test_an_event_named_in_the_question_outlasts_the_recent_ones_in_a_small_budget(
+    client, story: Story
+) -> None:
     bundle = await context(client, story, query="What happened at #2?", max_tokens=120, format="both")
     assert [h["sequence"] for h in bundle["history"]] == [2]
     assert bundle["history"][0]["why"] == ["named in the question"]
@@ -215,10 +223,59 @@ async def test_an_external_id_in_the_question_is_not_a_name(client, story: Story
 
 async def test_text_format_and_error_fields(client, story: Story) -> None:
     url = f"/api/chronicles/{story.chronicle}/context"
-    text = await client.post(url, json={"query": "Where is Ada?", "format": "text"}, headers=story.tenant.headers)
+    text = await client.post(
+        url, json={"query": "Where is Ada?", "format": "text"}, headers=story.tenant.headers
+    )
     assert text.headers["content-type"] == "text/plain; charset=utf-8"
     missing = await client.post(url, json={"format": "json"}, headers=story.tenant.headers)
     assert missing.status_code == 422
     assert [e["field"] for e in missing.json()["errors"]] == ["query"]
     unknown = await client.post(url, json={"query": "x", "colour": "red"}, headers=story.tenant.headers)
     assert [e["field"] for e in unknown.json()["errors"]] == ["colour"]
+
+
+async def test_a_question_asked_as_the_pov_about_itself_has_its_state(client, story: Story) -> None:
+    bundle = await context(
+        client,
+        story,
+        query="Where am I and what am I carrying?",
+        pov="Idris",
+        template="roleplay",
+        format="both",
+    )
+    assert [s["name"] for s in bundle["state"]] == ["Idris Mollo"]
+    assert "- You are at Old Mill." in bundle["text"]
+    # Both spawned by the first event: their order is their ids' (fixed for a chronicle).
+    [carry] = [line for line in bundle["text"].splitlines() if line.startswith("- You carry: ")]
+    assert sorted(carry.removeprefix("- You carry: ").rstrip(".").split(", ")) == [
+        "Saffron Bale",
+        "Toll Seal",
+    ]
+
+
+async def test_the_text_names_aliases_and_says_when_it_is_past_state(client, story: Story) -> None:
+    now = await context(client, story, query="Where is the Grey Heron?", format="both")
+    assert "### Wren Calloway (character)\n- Also known as: Grey Heron\n" in now["text"]
+    past = await context(client, story, query="Where is Tobias?", as_of_sequence=7, format="both")
+    assert "## State as of #7 (authoritative)" in past["text"]
+    assert "Current state" not in past["text"]
+    assert "- Location: Tarrow Wharf (since #1)" in past["text"]
+
+
+async def test_a_hand_over_says_what_changed_since_and_what_did_not(client, story: Story) -> None:
+    """The seal went on with Idris: the hand-over's place is no longer the seal's, its holder is."""
+    for mode in ("full", "chronicle_only"):
+        bundle = await context(client, story, query="Who has the toll seal?", mode=mode, template="roleplay")
+        [hand_over] = [h for h in bundle["history"] if h["sequence"] == 4]
+        assert (
+            hand_over["superseded_note"] == "earlier: Toll Seal at Tarrow Wharf; now: Toll Seal at Old Mill"
+        )
+        [lent] = [h for h in bundle["history"] if h["sequence"] == 2]
+        assert (
+            "earlier: Toll Seal held by Tobias Reed; now: Toll Seal held by Idris Mollo"
+            in lent["superseded_note"]
+        )
+        assert (
+            "(changed since) earlier: Toll Seal at Tarrow Wharf; now: Toll Seal at Old Mill" in bundle["text"]
+        )
+        assert "no longer true" not in bundle["text"]

@@ -521,3 +521,16 @@ def test_events_named_by_sequence_id_or_external_id(text, sequences, ids, extern
 )
 def test_years_times_and_ordinary_words_name_no_event(text: str) -> None:
     assert analyse_query(text, CAST).events is None
+
+
+def test_words_of_a_name_inside_an_external_id_are_not_mentions() -> None:
+    known = [
+        KnownEntity(id="l-wharf", name="Tarrow Wharf", kind="location"),
+        KnownEntity(id="c-droid", name="R2-D2", kind="character"),
+    ]
+    asked = analyse_query("What happened in tarrow-017?", known)
+    assert asked.mentions == ()
+    assert asked.events is not None and asked.events.external_ids == ("tarrow-017",)
+    # A whole name that looks like an id is still a name, and the word alone still counts.
+    assert [m.entity_id for m in analyse_query("Where is R2-D2?", known).mentions] == ["c-droid"]
+    assert [m.entity_id for m in analyse_query("What happened at Tarrow?", known).mentions] == ["l-wharf"]

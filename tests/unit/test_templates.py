@@ -141,7 +141,8 @@ def test_default_directory_is_the_repo_prompts_folder(registry: TemplateRegistry
     assert registry.directory == DEFAULT_PROMPTS_DIR
     assert registry.available() == ["compact", "default", "roleplay"]
     assert registry.versions() == [
-        "compact.v1", "compact.v2", "default.v1", "default.v2", "roleplay.v1", "roleplay.v2"
+        "compact.v1", "compact.v2", "compact.v3", "default.v1", "default.v2", "default.v3",
+        "roleplay.v1", "roleplay.v2", "roleplay.v3",
     ]  # fmt: skip
 
 
@@ -310,7 +311,8 @@ def test_superseded_history_shows_earlier_and_now(registry: TemplateRegistry) ->
         in compact
     )
     roleplay = registry.render("roleplay", sample_context())
-    assert f"(no longer true) {NOTE}" in roleplay
+    assert f"(changed since) {NOTE}" in roleplay
+    assert f"(no longer true) {NOTE}" in registry.render("roleplay.v2", sample_context())
     # Events that were not superseded carry no note.
     assert "Bram boasts to Oswin about a book nobody may read.\n- #8" in default
 
@@ -380,8 +382,7 @@ def test_roleplay_speaks_to_the_point_of_view(registry: TemplateRegistry) -> Non
 def test_version_2_says_who_holds_an_item_and_version_1_is_unchanged(
     registry: TemplateRegistry, name: str, line: str
 ) -> None:
-    assert registry.resolve(name) == f"{name}.v2"
-    assert line in registry.render(name, sample_context(pov=None))
+    assert line in registry.render(f"{name}.v2", sample_context(pov=None))
     old = registry.render(f"{name}.v1", sample_context(pov=None))
     assert "eld by" not in old and "held_by" not in old
     # Otherwise the two versions say the same.
@@ -458,3 +459,25 @@ def test_compact_is_one_line_per_fact(registry: TemplateRegistry) -> None:
         assert expected in lines, expected
     assert "" not in lines  # terse: no blank lines at all
     assert len(text) < len(registry.render("default", sample_context()))
+
+
+def test_version_3_names_aliases_and_the_as_of_point_and_version_2_is_unchanged(
+    registry: TemplateRegistry,
+) -> None:
+    plain = sample_context(pov=None)
+    context = sample_context(pov=None, as_of=26)
+    context["state"][0]["aliases"] = ["the innkeeper"]
+    for name in ("default", "compact", "roleplay"):
+        assert registry.resolve(name) == f"{name}.v3"
+        assert registry.render(f"{name}.v2", context) == registry.render(f"{name}.v2", plain)
+    default = registry.render("default", context)
+    assert "## State as of #26 (authoritative)\nSource: the chronicle up to event #26;" in default
+    assert "### Bram (character)\n- Also known as: the innkeeper\n" in default
+    assert "## Current state (authoritative)" in registry.render("default", plain)
+    compact = registry.render("compact", context)
+    assert "state (as of #26, authoritative):\nBram: character aka the innkeeper\n" in compact
+    assert "Tamsin.has=Silver Key #16\n" in compact
+    roleplay = registry.render("roleplay", context)
+    assert "they are what is true in the story as of event #26." in roleplay
+    assert "- Bram (character, also called the innkeeper), at Lantern Cellar" in roleplay
+    assert "they are what is true in the story now." in registry.render("roleplay", plain)
