@@ -73,10 +73,13 @@ from ecs.reducer import (
     ComponentRemoved,
     ComponentSet,
     EventChanges,
+    RelationshipRemoved,
+    RelationshipSet,
     ValenceChanged,
     WorldState,
     location_of,
     lookup,
+    relationship_key,
 )
 from ecs.schema import ecs_components, ecs_relationships, ecs_valence_history
 from ecs.state_source import (
@@ -125,6 +128,7 @@ __all__ = [
     "Standing",
     "StateAsOfQuery",
     "StateAsOfResult",
+    "TypeChange",
     "Unavailable",
     "UnknownReference",
     "ValenceChange",
@@ -380,11 +384,26 @@ class ValenceChange(msgspec.Struct, frozen=True):
     value: float
 
 
+class TypeChange(msgspec.Struct, frozen=True):
+    """A relation type set (``relate``) or removed (``unrelate``) from ``a`` to ``b``."""
+
+    sequence: int
+    event_id: uuid.UUID
+    external_id: str | None
+    kind: str | None
+    summary: str | None
+    type: str
+    change: Literal["related", "unrelated"]
+
+
 class RelationshipHistoryResult(_Result, frozen=True, tag="relationship_history", rename={"from_": "from"}):
     from_: Ref
     to: Ref
     changes: list[ValenceChange]
     current: dict[str, ValenceFact]
+    type_changes: list[TypeChange] = []
+    """Relation types set and removed, in order (both modes: replayed from the events naming both)."""
+    current_types: list[str] = []
 
 
 class RoleOf(msgspec.Struct, frozen=True):
@@ -1376,11 +1395,26 @@ async def relationship_history(scope: Scope, query: RelationshipHistoryQuery) ->
                     dimension=point.dimension, previous=point.previous, delta=point.delta, value=point.value,
                 )
             )  # fmt: skip
-    else:
-        # Every valence effect from a to b names both, so replaying just these events is exact.
-        events, truncated = await _events_naming(scope, [a.keys, b.keys])
-        world, history = _replay_seeded(events, scope.chronicle_id, [a, b])
-        from_id, to_id = lookup(world, a.name), lookup(world, b.name)
+    # Every valence and relate/unrelate effect from a to b names both, so replaying just these
+    # events is exact (ECS keeps valence history, not type history: types always come from here).
+    events, truncated = await _events_naming(scope, [a.keys, b.keys])
+    world, history = _replay_seeded(events, scope.chronicle_id, [a, b])
+    from_id, to_id = lookup(world, a.name), lookup(world, b.name)
+    type_changes: list[TypeChange] = []
+    for event, event_changes in zip(events, history, strict=True):
+        for change in event_changes.changes:
+            if (
+                isinstance(change, RelationshipSet | RelationshipRemoved)
+                and (change.from_id, change.to_id) == (from_id, to_id)
+            ):
+                type_changes.append(TypeChange(
+                    sequence=event.sequence, event_id=event.id, external_id=event.external_id,
+                    kind=event.kind, summary=event.summary, type=change.type,
+                    change="related" if isinstance(change, RelationshipSet) else "unrelated",
+                ))  # fmt: skip
+    record = world.relationships.get(relationship_key(from_id, to_id)) if from_id and to_id else None
+    current_types = sorted(record.types) if record is not None else []
+    if points is None:
         for event, event_changes in zip(events, history, strict=True):
             for change in event_changes.changes:
                 if (
@@ -1396,15 +1430,16 @@ async def relationship_history(scope: Scope, query: RelationshipHistoryQuery) ->
                         )
                     )  # fmt: skip
         unavailable = session.ids_missing()
-        if truncated:
-            unavailable.append(Unavailable(
-                "changes", f"only the last {MAX_EVENTS} events naming both were replayed; earlier changes "
-                "are missing and the first values shown may be off",
-            ))  # fmt: skip
+    if truncated:
+        replayed = "changes" if points is None else "type_changes"
+        unavailable.append(Unavailable(
+            replayed, f"only the last {MAX_EVENTS} events naming both were replayed; earlier changes "
+            "are missing and the first values shown may be off",
+        ))  # fmt: skip
     current = {c.dimension: ValenceFact(c.value, c.sequence, c.event_id) for c in changes}
     return RelationshipHistoryResult(
         answered_from=session.answered_from, unavailable=unavailable, from_=a.ref, to=b.ref, changes=changes,
-        current=dict(sorted(current.items())),
+        current=dict(sorted(current.items())), type_changes=type_changes, current_types=current_types,
     )  # fmt: skip
 
 
