@@ -193,7 +193,8 @@ class Bundle(msgspec.Struct, frozen=True, kw_only=True):
     state_source: str
     chronicle_sequence: int
     ecs_sequence: int | None
-    focus: list[dict[str, str]]
+    focus: list[dict[str, Any]]
+    """Each ``{id, name, kind}``, plus ``ambiguous: true`` when the words that named it name others too."""
     state: list[EntityState]
     history: list[HistoryItem]
     recent: list[HistoryItem]
@@ -406,7 +407,12 @@ async def assemble_context(
                     "(the weakest, none with another focus entity); all are in the JSON state"
                 ))
             )  # fmt: skip
-    focus_list = [{"id": s.id, "name": s.name, "kind": s.kind} for s in states]
+    # "The Heron" may be Wren (the Grey Heron) or Heron Island: both are in focus, each marked.
+    ambiguous = {m.entity_id for m in analysis.mentions if m.ambiguous}
+    focus_list = [
+        {"id": s.id, "name": s.name, "kind": s.kind, **({"ambiguous": True} if s.id in ambiguous else {})}
+        for s in states
+    ]
     render_base = {
         "query": request.query,
         "as_of": request.as_of_sequence,

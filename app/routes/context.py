@@ -79,6 +79,11 @@ async def build_bundle(
         chronicle = await get_chronicle(conn, tenant_id, chronicle_id)
     if chronicle is None:
         raise not_found("chronicle", chronicle_id)
+    if data.as_of_sequence is not None and data.as_of_sequence > chronicle.last_sequence:
+        raise _invalid(
+            "as_of_sequence",
+            f"{data.as_of_sequence} is after the chronicle's last event (#{chronicle.last_sequence})",
+        )
 
     request = ContextRequest(
         tenant_id=tenant_id,

@@ -5,7 +5,7 @@ watching) -> Wren (3, Idris elsewhere) -> Idris (4, no `from`). Idris walks to t
 picks up the Saffron Bale lying there (6), and the Amber Flask he carries shatters there (7): it
 lies at the Old Mill, where its holder was, though none of its own events says he went there.
 Tobias goes to the Chapel (8) and is killed there (9); Ada and Father Anselm are at the Chapel
-too (10). Wren is known as the Grey Heron from 11.
+too (10). Wren is known as the Grey Heron from 11, when the Grey Mare comes to the wharf.
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ STORY = [
     _event(10, "Ada kneels by the body in the Chapel.", [{"name": "Ada Fenwick"}],
            [{"op": "move", "entity": "Ada Fenwick", "to": "Chapel"}], "Chapel"),
     _event(11, "On the river they start calling Wren the Grey Heron.", [{"name": "Wren Calloway"}],
-           [{"op": "alias", "entity": "Wren Calloway", "alias": "Grey Heron"}], "Tarrow Wharf"),
+           [{"op": "alias", "entity": "Wren Calloway", "alias": "Grey Heron"},
+            {"op": "spawn", "entity": "Grey Mare", "kind": "character"},
+            {"op": "move", "entity": "Grey Mare", "to": "Tarrow Wharf"}], "Tarrow Wharf"),
 ]  # fmt: skip
 
 
@@ -279,3 +281,24 @@ async def test_a_hand_over_says_what_changed_since_and_what_did_not(client, stor
             "(changed since) earlier: Toll Seal at Tarrow Wharf; now: Toll Seal at Old Mill" in bundle["text"]
         )
         assert "no longer true" not in bundle["text"]
+
+
+async def test_an_ambiguous_word_marks_each_entity_it_may_mean(client, story: Story) -> None:
+    """ "Grey" is a word of the Grey Heron (Wren's alias) and of the Grey Mare: both, each marked."""
+    bundle = await context(client, story, query="Where is Grey now?", format="json")
+    assert sorted((f["name"], f.get("ambiguous")) for f in bundle["focus"]) == [
+        ("Grey Mare", True), ("Wren Calloway", True)
+    ]  # fmt: skip
+    whole = await context(client, story, query="Where is the Grey Heron?", format="json")
+    assert [(f["name"], f.get("ambiguous")) for f in whole["focus"]] == [("Wren Calloway", None)]
+
+
+async def test_as_of_after_the_last_event_is_a_422(client, story: Story) -> None:
+    response = await client.post(
+        f"/api/chronicles/{story.chronicle}/context", json={"query": "Where is Ada?", "as_of_sequence": 99},
+        headers=story.tenant.headers,
+    )  # fmt: skip
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert error == {"field": "as_of_sequence", "message": "99 is after the chronicle's last event (#11)",
+                     "index": None}  # fmt: skip

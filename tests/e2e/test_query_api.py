@@ -285,7 +285,9 @@ async def test_relationship_history_of_oswin_toward_corvin(client, story: Story)
     assert elara["current"]["trust"]["value"] == pytest.approx(0.8)
 
 
-async def test_relationship_history_has_the_relation_types_set_and_removed(client, story: Story, degraded) -> None:
+async def test_relationship_history_has_the_relation_types_set_and_removed(
+    client, story: Story, degraded
+) -> None:
     """Oswin employs Corvin from 3 until the betrayal is found out at 18; Elara and Oswin are sworn at 12."""
     result = await ask(client, story, type="relationship_history", a="Oswin", b="Corvin")
     changes = [(c["sequence"], c["type"], c["change"]) for c in result["type_changes"]]
@@ -293,7 +295,9 @@ async def test_relationship_history_has_the_relation_types_set_and_removed(clien
     assert [c["event_id"] for c in result["type_changes"]] == [story.event_id(3), story.event_id(18)]
     assert result["current_types"] == []
     sworn = await ask(client, story, type="relationship_history", a="Elara", b="Oswin")
-    assert [(c["sequence"], c["type"], c["change"]) for c in sworn["type_changes"]] == [(12, "sworn_ally", "related")]
+    assert [(c["sequence"], c["type"], c["change"]) for c in sworn["type_changes"]] == [
+        (12, "sworn_ally", "related")
+    ]
     assert sworn["current_types"] == ["sworn_ally"]
     replayed = await hybrid.answer(degraded, hybrid.RelationshipHistoryQuery(a="Oswin", b="Corvin"))
     assert isinstance(replayed, hybrid.RelationshipHistoryResult)
