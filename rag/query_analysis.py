@@ -99,6 +99,13 @@ class EventReferences(msgspec.Struct, frozen=True):
 MAX_EVENT_REFERENCES: Final = 16
 """Event references read from one question, at most (of each form)."""
 _SEQUENCE_REF: Final = re.compile(r"(?<![\w#])#(\d{1,18})(?!\w)")
+_SEQUENCE_RANGE: Final = re.compile(
+    r"\bbetween\s+#(\d{1,18})\s+and\s+#?(\d{1,18})(?!\w)"
+    r"|(?<![\w#])#(\d{1,18})\s*(?:-|–|—|\.\.|to|through|until)\s*#?(\d{1,18})(?!\w)",
+    re.IGNORECASE,
+)
+"""``#30 to #34``, ``between #30 and #34``, ``#30-34``: every event of the span (at most
+``MAX_EVENT_REFERENCES`` of them, from its start)."""
 _ID_LIKE: Final = re.compile(r"[^\s\"'()\[\]{}<>,;]+")
 _TRIM: Final = ".:!?"
 _ORDINAL: Final = re.compile(r"\d+(?:st|nd|rd|th)", re.IGNORECASE)
@@ -138,7 +145,12 @@ def _inside_id_words(
 
 def event_references(text: str) -> EventReferences | None:
     """The events ``text`` names by ``#sequence``, event id or a word that may be an external id."""
-    sequences = list(dict.fromkeys(int(m.group(1)) for m in _SEQUENCE_REF.finditer(text)))
+    bounds = [
+        (int(m.group(1) or m.group(3)), int(m.group(2) or m.group(4))) for m in _SEQUENCE_RANGE.finditer(text)
+    ]
+    spans = [range(first, last + 1) for first, last in bounds if first < last]
+    found = [int(m.group(1)) for m in _SEQUENCE_REF.finditer(text)]
+    sequences = list(dict.fromkeys([*(n for span in spans for n in span[:MAX_EVENT_REFERENCES]), *found]))
     ids: list[str] = []
     external: list[str] = []
     for word, _ in _id_words(text):

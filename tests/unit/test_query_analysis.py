@@ -500,6 +500,11 @@ def test_scopes_are_bounded_and_unscoped_callers_are_cached_by_content() -> None
     [
         ("Who was present at event gen-1-0000097 (meeting at Foo)?", (), (), ("gen-1-0000097",)),
         ("What happened at #15, and at #3?", (15, 3), (), ()),
+        ("What happened between #30 and #34?", (30, 31, 32, 33, 34), (), ()),
+        ("Events #3-#5, then #9", (3, 4, 5, 9), (), ()),
+        ("from #10 to 12", (10, 11, 12), (), ()),
+        ("What about #7 and #9?", (7, 9), (), ()),  # a list, not a span
+        ("between #1 and #100", tuple(range(1, 17)), (), ()),  # at most MAX_EVENT_REFERENCES
         ("And salt-road-012? dl-004; x1.", (), (), ("salt-road-012", "dl-004")),
         (
             "Tell me about 3F2B1C8E-8A8E-4A4F-9A0B-1C2D3E4F5A6B.",
