@@ -104,6 +104,8 @@ class StoredEvent(msgspec.Struct, frozen=True):
 
 class EventFilters(msgspec.Struct, frozen=True):
     actor: str | None = None
+    actor_names: tuple[str, ...] = ()
+    """Other names of ``actor`` (its aliases): an event naming it by any of them matches."""
     kind: str | None = None
     from_sequence: int | None = None
     to_sequence: int | None = None
@@ -503,7 +505,8 @@ async def list_events(
         chronicle_events.c.sequence > after_sequence,
     ]
     if filters.actor is not None:
-        conditions.append(chronicle_events.c.actor_keys.contains([normalize_name(filters.actor)]))
+        keys = sorted({normalize_name(name) for name in (filters.actor, *filters.actor_names)})
+        conditions.append(chronicle_events.c.actor_keys.overlap(keys))
     if filters.kind is not None:
         conditions.append(chronicle_events.c.kind == filters.kind)
     if filters.from_sequence is not None:

@@ -24,8 +24,11 @@ from app.schemas import (
     IngestResponse,
     IngestResultOut,
 )
+from app.services import Services
+from ecs.queries import find_entity, get_entity_core
 from rag.events import EventBatchIn
 from rag.ingest import ingest_batch
+from rag.outages import is_unavailable_error
 from rag.store import (
     ChronicleRow,
     EventFilters,
@@ -177,6 +180,7 @@ class ChronicleController(Controller):
         after = decode_cursor(cursor, _EventCursor).s if cursor is not None else 0
         filters = EventFilters(
             actor=actor,
+            actor_names=await _other_names(services, tenant_id, chronicle_id, actor) if actor else (),
             kind=kind,
             from_sequence=from_sequence,
             to_sequence=to_sequence,
@@ -192,3 +196,20 @@ class ChronicleController(Controller):
         page = rows[:limit]
         next_cursor = encode_cursor({"s": page[-1].sequence}) if len(rows) > limit else None
         return EventPage(items=[_event_out(e) for e in page], next_cursor=next_cursor)
+
+
+async def _other_names(
+    services: Services, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, ref: str
+) -> tuple[str, ...]:
+    """The name and aliases of the entity ``ref`` denotes (ECS): events name a character by any of
+    them ("the Grey Heron" for Wren). None with ECS unavailable: the listing then matches ``ref``
+    as written, which is what the chronicle alone can do."""
+    try:
+        async with services.ecs_engine.connect() as conn:
+            found = await find_entity(conn, tenant_id, chronicle_id, ref)
+            core = await get_entity_core(conn, tenant_id, found.id) if found is not None else None
+    except Exception as error:
+        if not is_unavailable_error(error):
+            raise
+        return ()
+    return () if core is None else (core.name, *core.aliases)

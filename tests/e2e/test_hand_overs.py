@@ -5,7 +5,8 @@ watching) -> Wren (3, Idris elsewhere) -> Idris (4, no `from`). Idris walks to t
 picks up the Saffron Bale lying there (6), and the Amber Flask he carries shatters there (7): it
 lies at the Old Mill, where its holder was, though none of its own events says he went there.
 Tobias goes to the Chapel (8) and is killed there (9); Ada and Father Anselm are at the Chapel
-too (10). Wren is known as the Grey Heron from 11, when the Grey Mare comes to the wharf.
+too (10). Wren is known as the Grey Heron from 11, when the Grey Mare comes to the wharf, and
+goes by that name at 12.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ STORY = [
            [{"op": "alias", "entity": "Wren Calloway", "alias": "Grey Heron"},
             {"op": "spawn", "entity": "Grey Mare", "kind": "character"},
             {"op": "move", "entity": "Grey Mare", "to": "Tarrow Wharf"}], "Tarrow Wharf"),
+    _event(12, "The Grey Heron rows out at dawn.", [{"name": "Grey Heron"}], [], "Tarrow Wharf"),
 ]  # fmt: skip
 
 
@@ -207,10 +209,12 @@ async def test_pov_by_first_name_and_an_unknown_pov(client, story: Story) -> Non
 async def test_an_event_named_in_the_question_outlasts_the_recent_ones_in_a_small_budget(
     client, story: Story
 ) -> None:
-    bundle = await context(client, story, query="What happened at #2?", max_tokens=120, format="both")
+    roomy = await context(client, story, query="What happened at #2?", format="json")
+    assert len(roomy["recent"]) == 5 and len(roomy["history"]) > 1
+    bundle = await context(client, story, query="What happened at #2?", max_tokens=90, format="both")
     assert [h["sequence"] for h in bundle["history"]] == [2]
     assert bundle["history"][0]["why"] == ["named in the question"]
-    assert bundle["token_count"] <= 120
+    assert bundle["token_count"] <= 90
     dropped = {o["sequence"] for o in bundle["manifest"]["omitted"] if o["section"] == "recent"}
     assert dropped  # recent events gave way first
     assert "lend" in bundle["text"]
@@ -300,5 +304,15 @@ async def test_as_of_after_the_last_event_is_a_422(client, story: Story) -> None
     )  # fmt: skip
     assert response.status_code == 422
     [error] = response.json()["errors"]
-    assert error == {"field": "as_of_sequence", "message": "99 is after the chronicle's last event (#11)",
+    assert error == {"field": "as_of_sequence", "message": "99 is after the chronicle's last event (#12)",
                      "index": None}  # fmt: skip
+
+
+async def test_events_of_an_actor_include_those_naming_it_by_an_alias(client, story: Story) -> None:
+    url = f"/api/chronicles/{story.chronicle}/events"
+    for actor in ("Wren Calloway", "grey heron"):
+        page = await client.get(url, params={"actor": actor}, headers=story.tenant.headers)
+        assert page.status_code == 200, page.text
+        assert [e["sequence"] for e in page.json()["items"]] == [2, 3, 4, 11, 12], actor
+    nobody = await client.get(url, params={"actor": "Zebediah"}, headers=story.tenant.headers)
+    assert nobody.json()["items"] == []
