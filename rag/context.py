@@ -475,6 +475,9 @@ async def assemble_context(
     truncated = False
     if count(text) > budget:
         text = counter.truncate(text, budget)
+        # Whole lines only: a fact cut mid-way ("trust +0.") reads as a different fact.
+        if (line_end := text.rfind("\n")) > 0:
+            text = text[: line_end + 1]
         truncated = True
     omitted += [
         Omitted(section="history", id=h.id, sequence=h.sequence, reason="token budget")

@@ -316,3 +316,14 @@ async def test_events_of_an_actor_include_those_naming_it_by_an_alias(client, st
         assert [e["sequence"] for e in page.json()["items"]] == [2, 3, 4, 11, 12], actor
     nobody = await client.get(url, params={"actor": "Zebediah"}, headers=story.tenant.headers)
     assert nobody.json()["items"] == []
+
+
+async def test_a_text_cut_for_budget_ends_with_a_whole_line(client, story: Story) -> None:
+    """When pinned state alone is over the budget the text is cut: at a line's end, not mid-fact."""
+    bundle = await context(client, story, query="Where are Ada, Wren, Idris, Tobias and Anselm?", max_tokens=40,
+                           format="both")  # fmt: skip
+    assert bundle["manifest"]["truncated"] is True
+    assert bundle["token_count"] <= 40
+    assert bundle["text"].endswith("\n")
+    full = await context(client, story, query="Where are Ada, Wren, Idris, Tobias and Anselm?", format="both")
+    assert full["text"].startswith(bundle["text"])
