@@ -396,10 +396,15 @@ async def assemble_context(
 
     t = time.perf_counter()
     focus_state_ids = {s.id for s in states}
+    # An alias is named in the text where the question or an event in reach uses it: that is when
+    # a reader needs to know "the Grey Heron" is Wren. Every alias of every entity would spend the
+    # budget of history on names nothing in the bundle uses.
+    used = " ".join([request.query, *(h.summary for h in history), *(h.summary for h in recent)]).casefold()
     state_views = []
     for s in states:
         shown, hidden = _rendered_relationships(s, focus_state_ids)
-        state_views.append(_state_view(s, shown, present.get(s.id)))
+        aliases = [a for a in s.aliases if _uses_name(used, a)]
+        state_views.append(_state_view(s, shown, present.get(s.id), aliases))
         if hidden:
             omitted.append(
                 Omitted(section="state", id=s.id, reason=(
@@ -681,13 +686,21 @@ def _rendered_relationships(state: EntityState, focus_ids: set[str]) -> tuple[li
     return [relations[i] for i in kept], len(relations) - len(kept)
 
 
+def _uses_name(text: str, name: str) -> bool:
+    """Whether case-folded ``text`` has ``name`` as whole words."""
+    return re.search(rf"(?<!\w){re.escape(' '.join(name.casefold().split()))}(?!\w)", text) is not None
+
+
 def _state_view(
-    state: EntityState, relationships: Sequence[RelationFact], present: list[Present] | None = None
+    state: EntityState,
+    relationships: Sequence[RelationFact],
+    present: list[Present] | None = None,
+    aliases: Sequence[str] = (),
 ) -> dict[str, Any]:
     return {
         "name": state.name,
         "kind": state.kind,
-        "aliases": list(state.aliases),
+        "aliases": list(aliases),
         # "Tobias Reed (dead)": a body in the chapel is there, but not as the living are.
         "present": None if present is None else [p.name + _marked_status(p.status) for p in present],
         "location": None if state.location is None else {"name": state.location.value,

@@ -261,7 +261,7 @@ async def test_a_question_asked_as_the_pov_about_itself_has_its_state(client, st
 
 async def test_the_text_names_aliases_and_says_when_it_is_past_state(client, story: Story) -> None:
     now = await context(client, story, query="Where is the Grey Heron?", format="both")
-    assert "### Wren Calloway (character)\n- Also known as: Grey Heron\n" in now["text"]
+    assert "### Wren Calloway (character, aka Grey Heron)\n" in now["text"]
     past = await context(client, story, query="Where is Tobias?", as_of_sequence=7, format="both")
     assert "## State as of #7 (authoritative)" in past["text"]
     assert "Current state" not in past["text"]

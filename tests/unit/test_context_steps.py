@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from app.routes.context import _QueryEmbeddings
 from ecs.breaker import SlowCall
-from rag.context import _largest_fitting, _together
+from rag.context import _largest_fitting, _together, _uses_name
 
 
 async def test_both_results_come_back_in_order() -> None:
@@ -140,3 +140,11 @@ def test_a_hubs_relationships_in_the_text_keep_the_focus_pair_and_the_strongest(
     assert {3, 7, 11, 20, 25} <= set(kept)
     # The rest of the places go to the most recent of the equally weak ones.
     assert set(kept) - {3, 7, 11, 20, 25} == {29, 28, 27, 26, 24, 23, 22}
+
+
+def test_an_alias_counts_as_used_as_whole_words_in_any_case() -> None:
+    used = "what did the grey heron do? the greyheron of old"
+    assert _uses_name(used, "Grey  Heron")
+    assert not _uses_name(used, "Heron of")
+    assert not _uses_name("the greyheron", "Grey Heron")
+    assert _uses_name("ask r2-d2.", "R2-D2")

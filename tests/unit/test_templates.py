@@ -472,12 +472,12 @@ def test_version_3_names_aliases_and_the_as_of_point_and_version_2_is_unchanged(
         assert registry.render(f"{name}.v2", context) == registry.render(f"{name}.v2", plain)
     default = registry.render("default", context)
     assert "## State as of #26 (authoritative)\nSource: the chronicle up to event #26;" in default
-    assert "### Bram (character)\n- Also known as: the innkeeper\n" in default
+    assert "### Bram (character, aka the innkeeper)\n" in default
     assert "## Current state (authoritative)" in registry.render("default", plain)
     compact = registry.render("compact", context)
     assert "state (as of #26, authoritative):\nBram: character aka the innkeeper\n" in compact
     assert "Tamsin.has=Silver Key #16\n" in compact
     roleplay = registry.render("roleplay", context)
     assert "they are what is true in the story as of event #26." in roleplay
-    assert "- Bram (character, also called the innkeeper), at Lantern Cellar" in roleplay
+    assert "- Bram (character, aka the innkeeper), at Lantern Cellar" in roleplay
     assert "they are what is true in the story now." in registry.render("roleplay", plain)
