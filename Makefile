@@ -34,7 +34,7 @@ lint: $(STAMP) ## ruff and strict mypy on the domain packages
 	$(BIN)/mypy rag ecs
 
 .PHONY: bench bench-ingest bench-ecs bench-context
-bench: bench-ingest bench-ecs bench-context ## Run every benchmark in evals/perf (about 25 min) -> evals/perf/results/
+bench: bench-ingest bench-ecs bench-context ## Run every benchmark in evals/perf (about 30 min) -> evals/perf/results/
 
 bench-ingest: $(STAMP) ## Ingest: the ingest path alone, then with the in-process projector (about 5 min)
 	$(BIN)/python -m evals.perf.bench_ingest --projector off --out evals/perf/results/ingest.json
@@ -43,7 +43,7 @@ bench-ingest: $(STAMP) ## Ingest: the ingest path alone, then with the in-proces
 bench-ecs: $(STAMP) ## ECS: projector at 100,000 events, worker scaling, entity reads, cache, graph (about 5 min)
 	$(BIN)/python -m evals.perf.bench_ecs
 
-bench-context: $(STAMP) ## Context requests at 10,000 and 100,000 events, 1 and 8 clients (about 15 min)
+bench-context: $(STAMP) ## Context requests at 10,000 and 100,000 events, 1 and 8 clients (about 17 min, 6 of them embedding the events)
 	$(BIN)/python -m evals.perf.bench_context
 
 # The scale study: 1,000,000 events loaded with `lore ingest --bulk`, index builds, recall, projector,
