@@ -202,8 +202,8 @@ async def _other_names(
     services: Services, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, ref: str
 ) -> tuple[str, ...]:
     """The name and aliases of the entity ``ref`` denotes (ECS): events name a character by any of
-    them ("the Grey Heron" for Wren). None with ECS unavailable: the listing then matches ``ref``
-    as written, which is what the chronicle alone can do."""
+    them ("the Grey Heron" for Wren). Nothing with ECS unavailable: the listing then matches
+    ``ref`` as written, which is what the chronicle alone can do."""
     try:
         async with services.ecs_engine.connect() as conn:
             found = await find_entity(conn, tenant_id, chronicle_id, ref)
