@@ -123,24 +123,24 @@ def _id_words(text: str) -> Iterator[tuple[str, int]]:
 
 
 def _inside_id_words(
-    text: str, occurrences: list[tuple[str, tuple[int, int], bool]], known: Sequence[KnownEntity]
+    text: str, occurrences: list[tuple[str, tuple[int, int], bool]], by_id: Mapping[str, KnownEntity]
 ) -> list[tuple[str, tuple[int, int], bool]]:
     """``occurrences`` without the words of names found inside an id ("tarrow-017" names an
     event, not the Tarrow Wharf); a whole name or alias stays, even one that looks like an id."""
     ids = [(start, start + len(word)) for word, start in _id_words(text)]
     if not ids:
         return occurrences
-    by_id = {entity.id: entity for entity in known}
-    kept = []
-    for entity_id, (begin, end), ambiguous in occurrences:
-        inside = any(lo <= begin and end <= hi for lo, hi in ids)
+
+    def whole_name(entity_id: str, matched: str) -> bool:
         entity = by_id.get(entity_id)
-        whole = entity is not None and normalize_name(text[begin:end]) in {
-            normalize_name(label) for label in (entity.name, *entity.aliases)
-        }
-        if not inside or whole:
-            kept.append((entity_id, (begin, end), ambiguous))
-    return kept
+        labels = () if entity is None else (entity.name, *entity.aliases)
+        return normalize_name(matched) in {normalize_name(label) for label in labels}
+
+    return [
+        (entity_id, (begin, end), ambiguous)
+        for entity_id, (begin, end), ambiguous in occurrences
+        if not any(lo <= begin and end <= hi for lo, hi in ids) or whole_name(entity_id, text[begin:end])
+    ]
 
 
 def event_references(text: str) -> EventReferences | None:
@@ -635,12 +635,12 @@ def analyse_query(
     """
     window, truncated = _window(text)
     facets, dimensions = _facets_and_dimensions(window)
-    occurrences = _inside_id_words(window, _find_mentions(window, known, scope), known)
+    by_id = {entity.id: entity for entity in known}
+    occurrences = _inside_id_words(window, _find_mentions(window, known, scope), by_id)
     first_seen: dict[str, tuple[tuple[int, int], bool]] = {}
     for entity_id, span, ambiguous in occurrences:
         first_seen.setdefault(entity_id, (span, ambiguous))
 
-    by_id = {entity.id: entity for entity in known}
     mentions: list[Mention] = []
     listed: set[str] = set()
     unresolved: list[str] = []
