@@ -132,6 +132,13 @@ class RelationType(msgspec.Struct, frozen=True):
     updated_sequence: int
 
 
+class ValenceSource(msgspec.Struct, frozen=True):
+    """The event that last changed one valence dimension of a relationship."""
+
+    sequence: int
+    event_id: uuid.UUID
+
+
 class RelationshipView(msgspec.Struct, frozen=True):
     """One directed relationship record seen from an entity: ``outgoing`` is entity -> other."""
 
@@ -143,6 +150,8 @@ class RelationshipView(msgspec.Struct, frozen=True):
     updated_sequence: int
     event_id: uuid.UUID | None = None
     """The event that last changed a valence of the record (None: only relation types set)."""
+    valence_sources: dict[str, ValenceSource] = {}
+    """Per valence dimension, the event that last changed it."""
 
 
 class EntityCore(msgspec.Struct, frozen=True):
@@ -313,6 +322,16 @@ def latest_event(provenance: Mapping[str, Any]) -> uuid.UUID | None:
     event_id]}``, as stored), so that a valence is cited like every other fact."""
     entries = [(int(sequence), str(event_id)) for sequence, event_id in provenance.values() if event_id]
     return uuid.UUID(max(entries)[1]) if entries else None
+
+
+def valence_sources(provenance: Mapping[str, Any]) -> dict[str, ValenceSource]:
+    """Per dimension, the event that last changed it, from a stored provenance (see
+    ``latest_event``); dimensions are in name order, like the valences beside them."""
+    return {
+        str(dimension): ValenceSource(int(sequence), uuid.UUID(str(event_id)))
+        for dimension, (sequence, event_id) in sorted(provenance.items())
+        if event_id
+    }
 
 
 def _relation_types(raw: Mapping[str, Any]) -> list[RelationType]:
@@ -547,6 +566,7 @@ async def _complete_chronicle_views(
                     created_sequence=row.created_sequence,
                     updated_sequence=row.updated_sequence,
                     event_id=latest_event(row.provenance),
+                    valence_sources=valence_sources(row.provenance),
                 )
             )
 
@@ -614,6 +634,7 @@ def _relationship_view(
         created_sequence=record.created_sequence,
         updated_sequence=record.updated_sequence,
         event_id=latest_event(msgspec.to_builtins(record.provenance)),
+        valence_sources=valence_sources(msgspec.to_builtins(record.provenance)),
     )
 
 

@@ -23,7 +23,15 @@ from sqlalchemy.sql.elements import ColumnElement
 from ecs.cache import EntityCache
 from ecs.components import Holder, Position, Status
 from ecs.projector import replay_stored, to_chronicle_event
-from ecs.queries import EntityFilters, complete_views, get_entity_core, latest_event, list_entities
+from ecs.queries import (
+    EntityFilters,
+    ValenceSource,
+    complete_views,
+    get_entity_core,
+    latest_event,
+    list_entities,
+    valence_sources,
+)
 from ecs.reducer import (
     AliasAdded,
     Entity,
@@ -37,7 +45,7 @@ from ecs.reducer import (
 )
 from ecs.repository import Checkpoint, read_checkpoint
 from ecs.schema import ecs_components, ecs_entities
-from rag.context import EntityState, Fact, Present, RelationFact
+from rag.context import Citation, EntityState, Fact, Present, RelationFact
 from rag.events import normalize_name
 from rag.query_analysis import KnownEntity
 from rag.schema import chronicle_events
@@ -65,6 +73,10 @@ def _fact(value: Any, provenance: Provenance | None) -> Fact:
     if provenance is None:
         return Fact(value=value)
     return Fact(value=value, sequence=provenance.sequence, event_id=provenance.event_id)
+
+
+def _citations(sources: dict[str, ValenceSource]) -> dict[str, Citation]:
+    return {dimension: Citation(s.sequence, str(s.event_id)) for dimension, s in sources.items()}
 
 
 def state_from_world(state: WorldState, entity_id: str) -> EntityState | None:
@@ -98,6 +110,7 @@ def state_from_world(state: WorldState, entity_id: str) -> EntityState | None:
                 valence={k: record.valence[k] for k in sorted(record.valence)},
                 sequence=record.updated_sequence,
                 event_id=None if latest is None else str(latest),
+                valence_sources=_citations(valence_sources(msgspec.to_builtins(record.provenance))),
             )
         )
     return EntityState(
@@ -306,6 +319,7 @@ class EcsStateSource:
                     valence={k: r.valence[k] for k in sorted(r.valence)},
                     sequence=r.updated_sequence,
                     event_id=None if r.event_id is None else str(r.event_id),
+                    valence_sources=_citations(r.valence_sources),
                 )
                 for r in view.relationships
             ],

@@ -20,7 +20,7 @@ import datetime as dt
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, Final, Literal, Protocol, TypeVar
 
 import msgspec
@@ -47,6 +47,7 @@ from rag.tokens import TokenCounter
 
 __all__ = [
     "Bundle",
+    "Citation",
     "ContextRequest",
     "EntityState",
     "Fact",
@@ -79,6 +80,13 @@ class Fact(msgspec.Struct, frozen=True, kw_only=True):
     event_id: str | None = None
 
 
+class Citation(msgspec.Struct, frozen=True):
+    """The event that last set one part of a fact."""
+
+    sequence: int
+    event_id: str
+
+
 class RelationFact(msgspec.Struct, frozen=True, kw_only=True):
     other_id: str
     other: str
@@ -87,6 +95,10 @@ class RelationFact(msgspec.Struct, frozen=True, kw_only=True):
     valence: dict[str, float]
     sequence: int | None = None
     event_id: str | None = None
+    """The newest change to any valence (``sequence`` also counts relation types)."""
+    valence_sources: dict[str, Citation] = {}
+    """Per valence dimension, the event that last changed it: trust may date from a betrayal
+    long after the affection it sits beside."""
 
 
 class EntityState(msgspec.Struct, frozen=True, kw_only=True):
@@ -385,12 +397,14 @@ async def assemble_context(
         retrieved = kept[: request.preset.top_k]
         recent_rows = [e for e in recent_rows if e.sequence in witnessed]
     recent_ids = {e.id for e in recent_rows}
-    history = [_history_item(e, states) for e in retrieved if e.event_id not in recent_ids]
+    names = _KnownNames(known, by_id)
+    history = [_history_item(e, states, names) for e in retrieved if e.event_id not in recent_ids]
     # A recent event that retrieval found too is shown once, among the recent ones, but keeps its
     # score and reasons: the bundle still says how relevant it is, not only that it is recent.
     also_found = {e.event_id: e for e in retrieved if e.event_id in recent_ids}
     recent = [
-        _stored_item(e, states, also_found.get(e.id)) for e in sorted(recent_rows, key=lambda e: e.sequence)
+        _stored_item(e, states, names, also_found.get(e.id))
+        for e in sorted(recent_rows, key=lambda e: e.sequence)
     ]
     timings["supersede"] = _ms(t)
 
@@ -731,8 +745,8 @@ def _event_view(item: HistoryItem) -> dict[str, Any]:
     }
 
 
-def _history_item(event: RetrievedEvent, states: Sequence[EntityState]) -> HistoryItem:
-    superseded, note = _supersession(event.sequence, event.location, event.actors, event.effects, states)
+def _history_item(event: RetrievedEvent, states: Sequence[EntityState], known: _KnownNames) -> HistoryItem:
+    superseded, note = _supersession(event, states, known)
     return HistoryItem(
         id=str(event.event_id),
         sequence=event.sequence,
@@ -765,9 +779,12 @@ def _named(event: StoredEvent) -> RetrievedEvent:
 
 
 def _stored_item(
-    event: StoredEvent, states: Sequence[EntityState], found: RetrievedEvent | None = None
+    event: StoredEvent,
+    states: Sequence[EntityState],
+    known: _KnownNames,
+    found: RetrievedEvent | None = None,
 ) -> HistoryItem:
-    superseded, note = _supersession(event.sequence, event.location, event.actors, event.effects, states)
+    superseded, note = _supersession(event, states, known)
     return HistoryItem(
         id=str(event.id),
         sequence=event.sequence,
@@ -785,13 +802,11 @@ def _stored_item(
 
 
 def _supersession(
-    sequence: int,
-    location: str | None,
-    actors: Sequence[dict[str, Any]],
-    effects: Sequence[dict[str, Any]],
-    states: Sequence[EntityState],
+    event: RetrievedEvent | StoredEvent, states: Sequence[EntityState], known: _KnownNames
 ) -> tuple[bool, str | None]:
-    """Whether this event asserts a place, holder or status of a focus entity that is no longer so."""
+    """Whether this event asserts a place, holder, status or feeling of a focus entity that is no
+    longer so. ``known``: the names of the entities a question may name (the other end's aliases)."""
+    sequence, location, actors, effects = event.sequence, event.location, event.actors, event.effects
     notes: list[str] = []
     for state in states:
         names = {normalize_name(n) for n in (state.name, *state.aliases)}
@@ -853,7 +868,89 @@ def _supersession(
             and str(now_status.value) != claimed_status
         ):
             notes.append(f"earlier: {state.name} {claimed_status}; now: {state.name} {now_status.value}")
-    return (True, "; ".join(notes)) if notes else (False, None)
+        notes += _superseded_feelings(sequence, effects, state, names, known)
+    # A relation between two focus entities is seen from both ends: its note is said once.
+    return (True, "; ".join(dict.fromkeys(notes))) if notes else (False, None)
+
+
+def _superseded_feelings(
+    sequence: int,
+    effects: Sequence[dict[str, Any]],
+    state: EntityState,
+    names: set[str],
+    known: _KnownNames,
+) -> list[str]:
+    """Notes on what this event says of a focus entity's feelings and relations that later events
+    changed: a valence set to a value since changed, a change of valence the feeling has since
+    turned against (trust that rose and is now negative), a relation since removed or restored.
+    A change the feeling still agrees with (trust rose, and is higher still) is history, not stale."""
+    notes: list[str] = []
+    for effect in effects:
+        op = effect.get("op")
+        if op not in ("valence", "relate", "unrelate"):
+            continue
+        source, target = str(effect.get("from") or ""), str(effect.get("to") or "")
+        if normalize_name(source) in names or source == state.id:
+            direction, other_ref = "outgoing", target
+        elif normalize_name(target) in names or target == state.id:
+            direction, other_ref = "incoming", source
+        else:
+            continue
+        relation = next(
+            (
+                r
+                for r in state.relationships
+                if r.direction == direction and known.names(other_ref, r.other_id, r.other)
+            ),
+            None,
+        )
+        other = relation.other if relation is not None else other_ref
+        holder, toward = (state.name, other) if direction == "outgoing" else (other, state.name)
+        if op == "valence":
+            dimension = str(effect.get("dimension"))
+            cited = None if relation is None else relation.valence_sources.get(dimension)
+            if relation is None or cited is None or cited.sequence <= sequence:
+                continue
+            now = relation.valence.get(dimension, 0.0)
+            if effect.get("value") is not None:
+                earlier = float(effect["value"])
+                if round(earlier, 9) != round(now, 9):
+                    notes.append(f"earlier: {holder} {dimension} toward {toward} {earlier:+.2f}; "
+                                 f"now: {holder} {dimension} toward {toward} {now:+.2f}")  # fmt: skip
+            elif (delta := float(effect.get("delta") or 0.0)) and (now <= 0 if delta > 0 else now >= 0):
+                notes.append(f"earlier: {holder} {dimension} toward {toward} {delta:+.2f}; "
+                             f"now: {holder} {dimension} toward {toward} {now:+.2f}")  # fmt: skip
+        else:
+            kind = str(effect.get("type"))
+            holds_now = relation is not None and kind in relation.types
+            changed_since = relation is None or (relation.sequence or 0) > sequence
+            if op == "relate" and not holds_now and changed_since:
+                notes.append(f"earlier: {holder} {kind} {toward}; now: no longer")
+            elif op == "unrelate" and holds_now and changed_since:
+                notes.append(f"earlier: {holder} no longer {kind} {toward}; now: {holder} {kind} {toward}")
+    return notes
+
+
+class _KnownNames:
+    """Every name of an entity the question could name, by its id or, where the state source keys
+    entities otherwise (a replay names them by name), by its name."""
+
+    def __init__(self, known: Sequence[KnownEntity], by_id: Mapping[str, KnownEntity]) -> None:
+        self._known, self._by_id = known, by_id
+        self._by_name: dict[str, KnownEntity] | None = None
+
+    def of(self, entity_id: str, name: str) -> set[str]:
+        entity = self._by_id.get(entity_id)
+        if entity is None:
+            if self._by_name is None:  # built on first need: most events change no feeling
+                self._by_name = {normalize_name(k.name): k for k in reversed(self._known)}
+            entity = self._by_name.get(normalize_name(name))
+        aliases = entity.aliases if entity is not None else ()
+        return {normalize_name(n) for n in (name, *aliases)}
+
+    def names(self, reference: str, entity_id: str, name: str) -> bool:
+        """Whether an effect's reference (a name, an alias or an id) is this entity."""
+        return reference == entity_id or normalize_name(reference) in self.of(entity_id, name)
 
 
 _FIRST_PERSON: Final = re.compile(r"\bI\b|\b(?i:me|my|mine|myself)\b")

@@ -224,6 +224,7 @@ async def test_bram_is_dead_in_the_lantern_cellar(client, story: Story) -> None:
             "created_sequence": 6,
             "updated_sequence": 6,
             "event_id": story.events[5]["id"],  # sequence 6: the trust it set is cited
+            "valence_sources": {"trust": {"sequence": 6, "event_id": story.events[5]["id"]}},
         }
     ]
 
