@@ -490,6 +490,8 @@ class _Named:
     keys: list[str]
     """The ``entity_keys`` events naming it carry."""
     id: uuid.UUID | None = None
+    kind_known: bool = True
+    """False for a name only seen in events (a replay takes it for a character)."""
 
     @property
     def ref(self) -> Ref:
@@ -697,7 +699,7 @@ class _Session:
                 keys = sorted({canonical, *(normalize_name(a) for a in known.aliases)})
                 return _Named(canonical, known.name, list(known.aliases), known.kind, keys)
             if await _named_in_chronicle(self.scope, key):
-                return _Named(key, " ".join(ref.split()), [], "character", [key])
+                return _Named(key, " ".join(ref.split()), [], "character", [key], kind_known=False)
         if _as_uuid(ref) is not None and self.outage:
             raise ReferenceUnavailable(
                 field, f"entity ids are resolved by the ECS read model ({self.reason}); use a name instead"
@@ -1324,6 +1326,13 @@ async def present_at(scope: Scope, query: PresentAtQuery) -> PresentAtResult:
     query.check()
     session = _Session(scope)
     location = await session.resolve(query.location, "location")
+    if location.kind == "character" and location.kind_known:
+        # Nobody stands inside a person: a client that asks so means "who is with them", which
+        # is a question about the place they are at.
+        raise InvalidQuery(
+            "location", f"{location.name!r} is a character, not a place; ask entity_fate where "
+            f"{location.name} is, then present_at that place",
+        )  # fmt: skip
     toward = None if query.toward is None else await session.resolve(query.toward, "toward")
     dimension = normalize_name(query.dimension)
     kind = None if query.kind is None else normalize_name(query.kind)

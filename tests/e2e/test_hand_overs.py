@@ -327,3 +327,20 @@ async def test_a_text_cut_for_budget_ends_with_a_whole_line(client, story: Story
     assert bundle["text"].endswith("\n")
     full = await context(client, story, query="Where are Ada, Wren, Idris, Tobias and Anselm?", format="both")
     assert full["text"].startswith(bundle["text"])
+
+
+async def test_a_character_is_not_a_place_to_be_present_at(client, story: Story, degraded) -> None:
+    response = await client.post(
+        f"/api/chronicles/{story.chronicle}/query", json={"type": "present_at", "location": "Idris"},
+        headers=story.tenant.headers,
+    )  # fmt: skip
+    assert response.status_code == 422, response.text
+    [error] = response.json()["errors"]
+    assert error["field"] == "location"
+    assert "'Idris Mollo' is a character, not a place" in error["message"]
+    with pytest.raises(hybrid.InvalidQuery, match="'Idris Mollo' is a character, not a place"):
+        await hybrid.answer(degraded, hybrid.PresentAtQuery(location="Idris Mollo"))
+    # A place named only in events' `location` stays a place.
+    found = await hybrid.answer(degraded, hybrid.PresentAtQuery(location="Chapel"))
+    assert isinstance(found, hybrid.PresentAtResult)
+    assert {m.entity.name for m in found.present} == {"Ada Fenwick", "Father Anselm", "Tobias Reed"}

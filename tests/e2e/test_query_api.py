@@ -451,6 +451,7 @@ async def test_unknown_references_are_404_naming_the_field(client, story: Story,
         ({"type": "present_at", "location": "Lantern Inn", "min": 0.3}, "min"),
         ({"type": "present_at", "location": "Lantern Inn", "toward": "Elara", "min": 2}, "min"),
         ({"type": "present_at", "location": "Lantern Inn", "toward": "Elara", "min": 0.5, "max": 0.1}, "max"),
+        ({"type": "present_at", "location": "Oswin"}, "location"),  # a character is not a place
         ({"type": "state_as_of", "entity": "Bram"}, "sequence"),
         ({"type": "state_as_of", "entity": "Bram", "sequence": 3, "occurred_at": "2025-11-04T22:00:00Z"},
          "occurred_at"),
