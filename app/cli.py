@@ -667,9 +667,10 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
         except (msgspec.ValidationError, msgspec.DecodeError) as error:
             raise CliError(f"{args.file}:{number}: {error}; nothing was ingested") from None
 
-    async def work(services: Services) -> tuple[uuid.UUID, int, int]:
+    async def work(services: Services) -> tuple[uuid.UUID, int, int, list[str]]:
         tenant_id, chronicle_id = await _ingest_target(services, args)
         new = duplicates = 0
+        differing: list[str] = []
         with tqdm(total=len(events), unit="event", desc="ingest", file=sys.stderr) as progress:
             for start in range(0, len(events), args.batch_size):
                 batch = events[start : start + args.batch_size]
@@ -683,14 +684,23 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
                 assert results is not None
                 new += sum(not r.duplicate for r in results)
                 duplicates += sum(r.duplicate for r in results)
+                differing += [str(r.external_id) for r in results if r.content_differs]
                 progress.update(len(batch))
         if new >= 1_000:
             async with services.engine.begin() as conn:
                 await refresh_statistics(conn)
-        return chronicle_id, new, duplicates
+        return chronicle_id, new, duplicates, differing
 
-    chronicle_id, new, duplicates = _run_with_services(settings, work)
+    chronicle_id, new, duplicates, differing = _run_with_services(settings, work)
     print(f"{new} events stored, {duplicates} duplicates skipped", file=sys.stderr)
+    if differing:
+        more = f" and {len(differing) - 10} more" if len(differing) > 10 else ""
+        shown = ", ".join(differing[:10]) + more
+        print(
+            f"warning: {len(differing)} skipped duplicates differ from the stored events with their "
+            f"external ids (the stored ones were kept): {shown}",
+            file=sys.stderr,
+        )
     print(chronicle_id)
     return 0
 

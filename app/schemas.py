@@ -47,6 +47,8 @@ class IngestResultOut(msgspec.Struct, frozen=True):
     sequence: int
     external_id: str | None
     duplicate: bool
+    content_differs: bool = False
+    """A duplicate that says something else than the stored original (which is kept)."""
 
 
 class IngestResponse(msgspec.Struct, frozen=True):

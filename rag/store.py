@@ -84,6 +84,9 @@ class IngestedEvent(msgspec.Struct, frozen=True):
     sequence: int
     external_id: str | None
     duplicate: bool
+    content_differs: bool = False
+    """A duplicate whose content (kind, summary, actors, location, effects, story time, tags,
+    importance) is not what the stored original has: the original is kept, the client is told."""
 
 
 class StoredEvent(msgspec.Struct, frozen=True):
@@ -252,6 +255,51 @@ async def existing_external_ids(
     return {row.external_id: IngestedEvent(row.id, row.sequence, row.external_id, True) for row in rows}
 
 
+def _content(
+    kind: str,
+    summary: str,
+    actors: Any,
+    location: str | None,
+    effects: Any,
+    occurred_at: dt.datetime | None,
+    tags: Sequence[str],
+    importance: float,
+) -> bytes:
+    """What an event says, comparable between a posted event and a stored row."""
+    instant = None if occurred_at is None else occurred_at.astimezone(dt.UTC).isoformat()
+    return msgspec.json.encode(
+        [kind, summary, actors, location, effects, instant, list(tags), float(importance)], order="sorted"
+    )
+
+
+def posted_content(event: EventIn) -> bytes:
+    """The content of an event as it would be stored (see ``_event_row``)."""
+    return _content(
+        event.kind, event.summary, msgspec.to_builtins(event.actor_refs()), event.location,
+        msgspec.to_builtins(event.effects), event.occurred_at, event.tags, event.importance,
+    )  # fmt: skip
+
+
+async def stored_contents(
+    conn: AsyncConnection, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, external_ids: Sequence[str]
+) -> dict[str, bytes]:
+    """The content of the events stored under these external ids (see ``posted_content``)."""
+    if not external_ids:
+        return {}
+    e = chronicle_events.c
+    rows = await conn.execute(
+        select(e.external_id, e.kind, e.summary, e.actors, e.location, e.effects, e.occurred_at, e.tags,
+               e.importance)
+        .where(e.tenant_id == tenant_id, e.chronicle_id == chronicle_id,
+               e.external_id.in_(sorted(set(external_ids))))
+    )  # fmt: skip
+    return {
+        row.external_id: _content(row.kind, row.summary, row.actors, row.location, row.effects,
+                                  row.occurred_at, row.tags, row.importance)
+        for row in rows
+    }  # fmt: skip
+
+
 async def append_events(
     conn: AsyncConnection,
     tenant_id: uuid.UUID,
@@ -265,8 +313,9 @@ async def append_events(
     chronicle queue here, so sequences are gap-free (a rolled-back batch never took any) and
     commit-ordered (no one can take a later sequence before this batch commits). External ids
     already stored, or repeated earlier in the same batch, return the original event with
-    `duplicate: true`. `embeddings` maps input index to vector (None: stored without one) for every
-    event that may be new.
+    `duplicate: true`, and `content_differs: true` when what was posted again is not what is
+    stored. `embeddings` maps input index to vector (None: stored without one) for every event
+    that may be new.
     """
     last_sequence = await conn.scalar(
         select(chronicles.c.last_sequence)
@@ -278,17 +327,24 @@ async def append_events(
     stored = await existing_external_ids(
         conn, tenant_id, chronicle_id, [e.external_id for e in events if e.external_id is not None]
     )
+    # Re-posts are rare and their content is read only then: a retried batch that says something
+    # else under the same external id is a client bug (or two writers) worth telling about.
+    contents = await stored_contents(
+        conn, tenant_id, chronicle_id, [e.external_id for e in events if e.external_id in stored]
+    )
     results: list[IngestedEvent] = []
     fresh: list[tuple[uuid.UUID, int, int]] = []  # (event id, sequence, input index) to store
     for index, event in enumerate(events):
         if event.external_id is not None and event.external_id in stored:
-            results.append(stored[event.external_id])
+            differs = contents[event.external_id] != posted_content(event)
+            results.append(msgspec.structs.replace(stored[event.external_id], content_differs=differs))
             continue
         last_sequence += 1
         event_id = uuid.uuid4()
         result = IngestedEvent(event_id, last_sequence, event.external_id, False)
         if event.external_id is not None:
             stored[event.external_id] = IngestedEvent(event_id, last_sequence, event.external_id, True)
+            contents[event.external_id] = posted_content(event)
         results.append(result)
         fresh.append((event_id, last_sequence, index))
     if len(fresh) >= COPY_FROM_ROWS:

@@ -139,7 +139,9 @@ class ChronicleController(Controller):
         summary="Append a batch of 1..1000 events",
         description=(
             "Atomic: either every event is stored or none is. Results come back in input order; an "
-            "`external_id` seen before returns the original event with `duplicate: true`."
+            "`external_id` seen before returns the original event with `duplicate: true`, and "
+            "`content_differs: true` when the event posted again does not say what the stored one "
+            "says (the stored one is kept; nothing is overwritten)."
         ),
         status_code=200,
     )
@@ -157,7 +159,10 @@ class ChronicleController(Controller):
         if results is None:
             raise not_found("chronicle", chronicle_id)
         return IngestResponse(
-            events=[IngestResultOut(r.id, r.sequence, r.external_id, r.duplicate) for r in results]
+            events=[
+                IngestResultOut(r.id, r.sequence, r.external_id, r.duplicate, r.content_differs)
+                for r in results
+            ]
         )
 
     @get("/{chronicle_id:uuid}/events", summary="Page through events in sequence order")

@@ -77,6 +77,53 @@ async def test_ingest_assigns_sequences_in_input_order_and_is_idempotent(client,
     assert [e["sequence"] for e in page["items"]] == [1, 2, 3, 4]
     chronicle_row = (await client.get(f"/api/chronicles/{chronicle}", headers=tenant.headers)).json()
     assert chronicle_row["event_count"] == 4
+    assert not any(r["content_differs"] for r in results + results_again)
+
+
+async def test_a_re_post_that_says_something_else_is_flagged_and_the_original_kept(
+    client, tenant: Tenant
+) -> None:
+    chronicle = await make_chronicle(client, tenant)
+    url = f"/api/chronicles/{chronicle}/events"
+    original = [
+        event(1, occurred_at="2025-11-04T20:00:00Z", actors=["Maud"],
+              effects=[{"op": "valence", "from": "Maud", "to": "Oswin", "dimension": "trust", "delta": 1}]),
+        event(2, tags=["inn"]),
+    ]  # fmt: skip
+    assert (await client.post(url, json={"events": original}, headers=tenant.headers)).status_code == 200
+
+    # The same content written otherwise (story time in another zone, a delta of 1 as 1.0, an
+    # actor as an object): not a difference.
+    same = event(1, occurred_at="2025-11-04T22:00:00+02:00", actors=[{"name": "Maud"}],
+                 effects=[{"op": "valence", "from": "Maud", "to": "Oswin", "dimension": "trust", "delta": 1.0}])  # fmt: skip
+    changed_summary = event(2, tags=["inn"]) | {"summary": "Event number 2: the caravan turns back."}
+    changed_tags = event(2, tags=["inn", "night"])
+    for body, differs in (
+        ([same], [False]),
+        ([changed_summary], [True]),
+        ([changed_tags, same], [True, False]),
+    ):
+        response = await client.post(url, json={"events": body}, headers=tenant.headers)
+        assert response.status_code == 200, response.text
+        results = response.json()["events"]
+        assert [r["duplicate"] for r in results] == [True] * len(body)
+        assert [r["content_differs"] for r in results] == differs, body
+
+    # In one batch: the second copy of a new external id is compared with the first.
+    response = await client.post(
+        url, json={"events": [event(3), event(3, importance=0.9), event(3)]}, headers=tenant.headers
+    )
+    assert [(r["duplicate"], r["content_differs"]) for r in response.json()["events"]] == [
+        (False, False), (True, True), (True, False),
+    ]  # fmt: skip
+
+    page = (await client.get(url, headers=tenant.headers)).json()["items"]
+    assert [e["summary"] for e in page] == [
+        original[0]["summary"],
+        original[1]["summary"],
+        event(3)["summary"],
+    ]
+    assert page[1]["tags"] == ["inn"]
 
 
 async def test_events_round_trip_with_actors_effects_and_story_time(client, tenant: Tenant) -> None:

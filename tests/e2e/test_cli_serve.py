@@ -135,6 +135,14 @@ def test_serve_demo_share_servers_and_stop_cleanly(data_dir: Path) -> None:
         again = run_lore(["ingest", str(story), "--tenant", "second", "--chronicle", new_chronicle],
                          lore_env(data_dir))  # fmt: skip
         assert again.returncode == 0 and "0 events stored, 25 duplicates" in again.stderr
+        assert "warning" not in again.stderr
+        edited = data_dir / "edited.jsonl"
+        edited.write_text(json.dumps({"summary": "step 3, told otherwise", "external_id": "s3"}))
+        told_otherwise = run_lore(["ingest", str(edited), "--tenant", "second", "--chronicle", new_chronicle],
+                                  lore_env(data_dir))  # fmt: skip
+        assert told_otherwise.returncode == 0, told_otherwise.stderr
+        assert "warning: 1 skipped duplicates differ from the stored events" in told_otherwise.stderr
+        assert told_otherwise.stderr.rstrip().endswith(": s3")
         bad = data_dir / "bad.jsonl"
         bad.write_text('{"summary": "fine"}\n{"summary": ""}\n')
         rejected = run_lore(["ingest", str(bad), "--tenant", "second"], lore_env(data_dir))
