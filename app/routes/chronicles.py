@@ -25,10 +25,10 @@ from app.schemas import (
     IngestResultOut,
 )
 from app.services import Services
-from ecs.queries import find_entity, get_entity_core
+from ecs.guard import is_ecs_failure
+from ecs.queries import EntityCore, find_entity, get_entity_core
 from rag.events import EventBatchIn
 from rag.ingest import ingest_batch
-from rag.outages import is_unavailable_error
 from rag.store import (
     ChronicleRow,
     EventFilters,
@@ -208,13 +208,21 @@ async def _other_names(
 ) -> tuple[str, ...]:
     """The name and aliases of the entity ``ref`` denotes (ECS): events name a character by any of
     them ("the Grey Heron" for Wren). Nothing with ECS unavailable: the listing then matches
-    ``ref`` as written, which is what the chronicle alone can do."""
-    try:
+    ``ref`` as written, which is what the chronicle alone can do. The lookup goes through the ECS
+    breaker, so that with ECS down a listing neither waits for it nor keeps probing it, and is
+    skipped while ECS enrichment is switched off."""
+
+    async def lookup() -> EntityCore | None:
         async with services.ecs_engine.connect() as conn:
             found = await find_entity(conn, tenant_id, chronicle_id, ref)
-            core = await get_entity_core(conn, tenant_id, found.id) if found is not None else None
+            return await get_entity_core(conn, tenant_id, found.id) if found is not None else None
+
+    if not await services.flags.get("ecs_enrichment"):
+        return ()
+    try:
+        core = await services.breaker.call(lookup, timeout=services.settings.ecs_timeout_ms / 1000)
     except Exception as error:
-        if not is_unavailable_error(error):
+        if not is_ecs_failure(error):
             raise
         return ()
     return () if core is None else (core.name, *core.aliases)

@@ -11,6 +11,7 @@ from litestar.testing import AsyncTestClient
 
 from app.auth import create_tenant
 from app.cli import load_sample_story
+from app.database import create_engine
 from app.main import create_app
 from ecs.projector import Projector
 from ecs.repository import record_failure
@@ -144,3 +145,63 @@ async def test_ops_status_needs_an_admin_key_and_reports_the_breaker(client, ten
     assert status["breaker"]["state"] == "closed"
     assert status["ecs_reachable"] is True
     assert isinstance(status["lag"], list) and "parked" in status
+
+
+async def test_events_by_alias_fall_back_to_the_name_as_written_without_ecs(
+    settings, endpoints, embedder, engine
+) -> None:
+    """`?actor=the Magpie` also finds the events that call him Corvin, through ECS; switched off
+    or unreachable, the listing still answers, with the events naming him as written."""
+    app, headers, admin = await make_app(settings, endpoints, embedder, engine)
+    async with AsyncTestClient(app=app, raise_server_exceptions=False) as client:
+        chronicle = await load_story(client, headers, engine)
+        url = f"/api/chronicles/{chronicle}/events"
+
+        async def magpie_events() -> list[int]:
+            response = await client.get(url, params={"actor": "the Magpie", "limit": 100}, headers=headers)
+            assert response.status_code == 200, response.text
+            return [e["sequence"] for e in response.json()["items"]]
+
+        with_aliases = await magpie_events()
+        as_written = [
+            e.sequence for e in await _events(client, url, headers)
+            if any(a["name"] == "the Magpie" for a in e.actors)
+        ]  # fmt: skip
+        assert set(as_written) < set(with_aliases)  # 3 and 7 call him Corvin
+        assert {3, 7} <= set(with_aliases) - set(as_written)
+
+        assert (
+            await client.put("/api/admin/flags", json={"ecs_enrichment": False}, headers=admin)
+        ).status_code == 200
+        try:
+            assert await magpie_events() == as_written
+        finally:
+            await client.put("/api/admin/flags", json={"ecs_enrichment": True}, headers=admin)
+
+        services = app.state.services
+        live = services.ecs_engine
+        services.ecs_engine = create_engine(
+            "postgresql+asyncpg://lore:lore@127.0.0.1:1/lore", timeout_ms=2_000, pool_size=1
+        )
+        try:
+            for _ in range(settings.breaker_minimum_calls + 2):  # bounded: enough failures to open it
+                assert await magpie_events() == as_written
+                if services.breaker.state == "open":
+                    break
+            assert services.breaker.state == "open"
+            rejected = services.breaker.rejected
+            assert await magpie_events() == as_written
+            assert services.breaker.rejected == rejected + 1  # answered without trying ECS
+        finally:
+            await services.ecs_engine.dispose()
+            services.ecs_engine = live
+
+
+class _Listed(msgspec.Struct):
+    sequence: int
+    actors: list[dict]
+
+
+async def _events(client, url: str, headers: dict) -> list[_Listed]:
+    response = await client.get(url, params={"limit": 100}, headers=headers)
+    return msgspec.convert(response.json()["items"], list[_Listed])
