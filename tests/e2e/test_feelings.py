@@ -11,13 +11,9 @@ Hesper's trust in Lisbet +0.2). Lisbet's gratitude settles at 0.4 (9).
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass
-
 import pytest
 
-from ecs.projector import Projector
-from tests.conftest import Tenant, make_tenant
+from tests.e2e.stories import PostedStory, post_story
 
 FORD = "Marrow Ford"
 
@@ -74,35 +70,16 @@ STORY = [
 MODES = ("full", "chronicle_only")
 
 
-@dataclass
-class Story:
-    tenant: Tenant
-    chronicle: str
-    event_at: dict[int, str]
+Story = PostedStory
 
 
 @pytest.fixture(scope="module")
 async def story(client, engine) -> Story:
-    tenant = await make_tenant(engine)
-    response = await client.post(
-        "/api/chronicles", json={"title": "The Ferry at Marrow Ford"}, headers=tenant.headers
-    )
-    assert response.status_code == 201, response.text
-    chronicle = response.json()["id"]
-    response = await client.post(
-        f"/api/chronicles/{chronicle}/events", json={"events": STORY}, headers=tenant.headers
-    )
-    assert response.status_code == 200, response.text
-    await Projector(engine, engine).catch_up(uuid.UUID(chronicle))
-    return Story(tenant, chronicle, {e["sequence"]: e["id"] for e in response.json()["events"]})
+    return await post_story(client, engine, "The Ferry at Marrow Ford", STORY)
 
 
 async def context(client, story: Story, **body) -> dict:
-    response = await client.post(
-        f"/api/chronicles/{story.chronicle}/context", json=body, headers=story.tenant.headers
-    )
-    assert response.status_code == 200, response.text
-    return response.json()
+    return await story.context(client, **body)
 
 
 def items_by_sequence(bundle: dict) -> dict[int, dict]:

@@ -12,14 +12,12 @@ goes by that name at 12.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 
 import pytest
 
 from app.database import create_engine
 from ecs import hybrid
-from ecs.projector import Projector
-from tests.conftest import Tenant, make_tenant
+from tests.e2e.stories import PostedStory, post_story
 
 
 def _event(sequence: int, summary: str, actors: list, effects: list, location: str | None = None) -> dict:
@@ -74,26 +72,12 @@ STORY = [
 ]  # fmt: skip
 
 
-@dataclass
-class Story:
-    tenant: Tenant
-    chronicle: str
+Story = PostedStory
 
 
 @pytest.fixture(scope="module")
 async def story(client, engine) -> Story:
-    tenant = await make_tenant(engine)
-    response = await client.post(
-        "/api/chronicles", json={"title": "The Tolls of Tarrow"}, headers=tenant.headers
-    )
-    assert response.status_code == 201, response.text
-    chronicle = response.json()["id"]
-    response = await client.post(
-        f"/api/chronicles/{chronicle}/events", json={"events": STORY}, headers=tenant.headers
-    )
-    assert response.status_code == 200, response.text
-    await Projector(engine, engine).catch_up(uuid.UUID(chronicle))
-    return Story(tenant, chronicle)
+    return await post_story(client, engine, "The Tolls of Tarrow", STORY)
 
 
 @pytest.fixture
@@ -105,11 +89,7 @@ async def degraded(engine, story: Story):
 
 
 async def context(client, story: Story, **body) -> dict:
-    response = await client.post(
-        f"/api/chronicles/{story.chronicle}/context", json=body, headers=story.tenant.headers
-    )
-    assert response.status_code == 200, response.text
-    return response.json()
+    return await story.context(client, **body)
 
 
 def _timeline(changes: list[tuple[int, str, str | None, str | None]]) -> list[tuple]:
@@ -138,12 +118,11 @@ IDRIS_RECEIVED = [
 
 
 async def test_fate_names_who_really_handed_each_item_over(client, story: Story, degraded) -> None:
-    response = await client.post(
-        f"/api/chronicles/{story.chronicle}/query", json={"type": "entity_fate", "entity": "Idris"},
-        headers=story.tenant.headers,
-    )  # fmt: skip
-    assert response.status_code == 200, response.text
-    received = [c for c in fate_timeline(response.json()) if c[1] == "received"]
+    received = [
+        c
+        for c in fate_timeline(await story.query(client, type="entity_fate", entity="Idris"))
+        if c[1] == "received"
+    ]
     assert received == IDRIS_RECEIVED
     fate = await hybrid.answer(degraded, hybrid.EntityFateQuery(entity="Idris Mollo"))
     assert isinstance(fate, hybrid.EntityFateResult)
@@ -154,11 +133,7 @@ async def test_fate_names_who_really_handed_each_item_over(client, story: Story,
 async def test_a_thing_destroyed_while_carried_lies_where_its_holder_was(
     client, story: Story, degraded
 ) -> None:
-    response = await client.post(
-        f"/api/chronicles/{story.chronicle}/query", json={"type": "entity_fate", "entity": "Amber Flask"},
-        headers=story.tenant.headers,
-    )  # fmt: skip
-    fate = response.json()
+    fate = await story.query(client, type="entity_fate", entity="Amber Flask")
     assert fate["current"]["location"]["value"] == "Old Mill"
     assert (7, "moved", "Old Mill", None) in fate_timeline(fate)
     chronicle_only = await hybrid.answer(degraded, hybrid.EntityFateQuery(entity="Amber Flask"))
@@ -330,10 +305,7 @@ async def test_a_text_cut_for_budget_ends_with_a_whole_line(client, story: Story
 
 
 async def test_a_character_is_not_a_place_to_be_present_at(client, story: Story, degraded) -> None:
-    response = await client.post(
-        f"/api/chronicles/{story.chronicle}/query", json={"type": "present_at", "location": "Idris"},
-        headers=story.tenant.headers,
-    )  # fmt: skip
+    response = await story.post(client, "query", {"type": "present_at", "location": "Idris"})
     assert response.status_code == 422, response.text
     [error] = response.json()["errors"]
     assert error["field"] == "location"
