@@ -39,12 +39,13 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Final, Literal, TypeVar, assert_never
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
@@ -81,8 +82,9 @@ from ecs.reducer import (
     lookup,
     relationship_key,
 )
-from ecs.schema import ecs_components, ecs_relationships, ecs_valence_history
+from ecs.schema import ecs_components, ecs_entities, ecs_relationships, ecs_valence_history
 from ecs.state_source import (
+    KNOWN_ENTITY_LIMIT,
     PRESENCE_SCAN_EVENTS,
     ChronicleReplayStateSource,
     EcsStateSource,
@@ -195,7 +197,7 @@ class EntityFateQuery(_Query, frozen=True, tag="entity_fate"):
 
 class EventParticipantsQuery(_Query, frozen=True, tag="event_participants"):
     event: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    """The event's id or its ``external_id``."""
+    """The event's id, its ``external_id`` or its sequence (``#48`` or ``48``)."""
     dimension: Label | None = None
     """Only this valence dimension in ``standing`` (all when omitted)."""
 
@@ -436,11 +438,15 @@ class ItemInteractionsResult(_Result, frozen=True, tag="item_interactions"):
 class StateAsOfResult(_Result, frozen=True, tag="state_as_of"):
     entity: Ref
     sequence: int
-    """The state is the one right after this sequence."""
+    """The state is the one right after this sequence (by ``occurred_at``: the last event recorded
+    that had happened by then, without those in ``later_in_story``)."""
     event: EventInfo | None
-    """The last event at or before ``sequence``."""
+    """The last event at or before ``sequence`` (by ``occurred_at``: the last to happen by then)."""
     state: EntityState | None
     """``None`` when the entity did not exist yet."""
+    later_in_story: list[int] = []
+    """By ``occurred_at``: events recorded before ``sequence`` that happen after that story time,
+    left out of the state (a chronicle that is not in story order)."""
 
 
 HybridResult = (
@@ -584,6 +590,18 @@ class _Names:
 # One request: ECS while it answers, the chronicle after
 
 
+async def _ecs_known(conn: AsyncConnection, scope: Scope) -> list[KnownEntity]:
+    """The chronicle's entities as ECS names them (at most ``KNOWN_ENTITY_LIMIT``)."""
+    e = ecs_entities.c
+    rows = await conn.execute(
+        select(e.id, e.name, e.aliases, e.kind)
+        .where(e.tenant_id == scope.tenant_id, e.chronicle_id == scope.chronicle_id)
+        .order_by(e.created_sequence, e.id)
+        .limit(KNOWN_ENTITY_LIMIT)
+    )
+    return [KnownEntity(id=str(r.id), name=r.name, aliases=list(r.aliases), kind=r.kind) for r in rows]
+
+
 class _Session:
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
@@ -668,6 +686,12 @@ class _Session:
 
         async def from_ecs(conn: AsyncConnection) -> _Named:
             found = await find_entity(conn, scope.tenant_id, scope.chronicle_id, ref)
+            if found is None:
+                # "Idris" for Idris Mollo: words of one entity's name, as context questions take
+                # them, from ECS's own names (ECS not knowing them is no outage).
+                meant = _Directory(await _ecs_known(conn, scope)).meant(ref)
+                if meant is not None:
+                    found = await find_entity(conn, scope.tenant_id, scope.chronicle_id, meant)
             if found is None:
                 raise _NotProjected(field, ref)
             core = await get_entity_core(conn, scope.tenant_id, found.id)
@@ -847,7 +871,7 @@ async def _event_infos(scope: Scope, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID
 
 
 async def _find_event(scope: Scope, ref: str) -> StoredEvent | None:
-    """An event by id, else by external id."""
+    """An event by id, else by external id, else by sequence."""
     as_id = _as_uuid(ref)
     async with scope.chronicle_engine.connect() as conn:
         if as_id is not None:
@@ -866,7 +890,24 @@ async def _find_event(scope: Scope, ref: str) -> StoredEvent | None:
                 .limit(1)
             )
         ).first()
+        sequence = _SEQUENCE_REF.fullmatch(ref.strip())
+        if row is None and sequence is not None:
+            # "#48", as the templates print it (an external id "48" came first).
+            row = (
+                await conn.execute(
+                    select(*_STORED_COLUMNS).where(
+                        *_scoped(scope), chronicle_events.c.sequence == int(sequence.group(1))
+                    )
+                )
+            ).first()
     return None if row is None else StoredEvent(**row._mapping)
+
+
+_SEQUENCE_REF: Final = re.compile(r"#?(\d{1,18})")
+
+
+MAX_LATER_IN_STORY: Final = 100
+"""At most this many sequences in ``later_in_story`` (all are left out of the state)."""
 
 
 async def _last_event(
@@ -887,11 +928,30 @@ async def _last_event(
     return None if row is None else _row_info(row)
 
 
-async def _replay_to(scope: Scope, sequence: int) -> WorldState:
+async def _replay_to(scope: Scope, sequence: int, occurred_by: dt.datetime | None = None) -> WorldState:
     if sequence <= 0:
         return WorldState(chronicle_id=str(scope.chronicle_id))
     async with scope.chronicle_engine.connect() as conn:
-        return await replay_until(conn, scope.tenant_id, scope.chronicle_id, sequence)
+        return await replay_until(conn, scope.tenant_id, scope.chronicle_id, sequence, occurred_by)
+
+
+async def _story_time_span(scope: Scope, occurred_by: dt.datetime) -> tuple[int, list[int]]:
+    """The last sequence of an event that had happened by ``occurred_by``, and the events recorded
+    before it that happen later (they are left out of a state at that time)."""
+    e = chronicle_events.c
+    async with scope.chronicle_engine.connect() as conn:
+        last = await conn.scalar(
+            select(func.max(e.sequence)).where(*_scoped(scope), e.occurred_at <= occurred_by)
+        )
+        if last is None:
+            return 0, []
+        later = await conn.scalars(
+            select(e.sequence)
+            .where(*_scoped(scope), e.sequence < last, e.occurred_at > occurred_by)
+            .order_by(e.sequence)
+            .limit(MAX_LATER_IN_STORY)
+        )
+        return int(last), list(later)
 
 
 def _replay_seeded(
@@ -1536,14 +1596,15 @@ async def state_as_of(scope: Scope, query: StateAsOfQuery) -> StateAsOfResult:
     query.check()
     session = _Session(scope)
     subject = await session.resolve(query.entity, "entity")
+    later: list[int] = []
     if query.occurred_at is not None:
         event = await _last_event(scope, occurred_by=query.occurred_at)
-        sequence = 0 if event is None else event.sequence
+        sequence, later = await _story_time_span(scope, query.occurred_at)
     else:
         assert query.sequence is not None
         sequence = query.sequence
         event = await _last_event(scope, sequence=sequence)
-    world = await _replay_to(scope, sequence)
+    world = await _replay_to(scope, sequence, occurred_by=query.occurred_at)
     entity_id = None if subject.id is None else lookup(world, str(subject.id))
     if entity_id is None:
         entity_id = lookup(world, subject.name)
@@ -1551,8 +1612,9 @@ async def state_as_of(scope: Scope, query: StateAsOfQuery) -> StateAsOfResult:
     ref = subject.ref if entity_id is None else Ref(uuid.UUID(entity_id), world.entities[entity_id].name)
     # The state is a replay of the chronicle whether ECS is up or not, with the ECS's own ids.
     return StateAsOfResult(
-        answered_from="chronicle", unavailable=[], entity=ref, sequence=sequence, event=event, state=state
-    )
+        answered_from="chronicle", unavailable=[], entity=ref, sequence=sequence, event=event, state=state,
+        later_in_story=later,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------

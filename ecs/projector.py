@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 import msgspec
@@ -453,6 +454,28 @@ async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, seconds: float) ->
     finally:
         for waiter in waiters:
             waiter.cancel()
+
+
+def replay_in_story_order(events: Sequence[StoredEvent], chronicle_id: uuid.UUID) -> WorldState:
+    """Fold stored events (in sequence order) into a fresh state in story order: by ``occurred_at``,
+    an event with none right after the event recorded before it, ties in recorded order. Facts
+    keep the sequences of the events that set them."""
+    keyed = []
+    story_time: dt.datetime | None = None
+    for event in events:
+        story_time = event.occurred_at or story_time
+        keyed.append((story_time is not None, story_time or _DAWN, event.sequence, event))
+    state = WorldState(chronicle_id=str(chronicle_id))
+    for *_, event in sorted(keyed, key=lambda k: k[:3]):
+        # The reducer refuses an event older than its state (the projection's guard against
+        # reordering); this replay reorders on purpose.
+        state.last_sequence = None
+        apply_event(state, to_chronicle_event(event))
+    state.last_sequence = max((e.sequence for e in events), default=None)
+    return state
+
+
+_DAWN: Final = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 def replay_stored(

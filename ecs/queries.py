@@ -20,6 +20,7 @@ chronicle database, which may be a different database from the ECS one.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
@@ -43,7 +44,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ecs.components import Holder
 from ecs.criteria import FieldComparison, ValenceBound
-from ecs.projector import replay_stored
+from ecs.projector import replay_in_story_order, replay_stored
 from ecs.reducer import Relationship, WorldState, inventory, location_of
 from ecs.schema import ecs_components, ecs_entities, ecs_relationships, ecs_valence_history
 from rag.events import (
@@ -1118,9 +1119,17 @@ async def event_headlines(
 
 
 async def state_as_of(
-    conn: AsyncConnection, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, sequence: int
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    chronicle_id: uuid.UUID,
+    sequence: int,
+    occurred_by: dt.datetime | None = None,
 ) -> WorldState:
-    """The world state right after event ``sequence``, replayed from the chronicle's events."""
+    """The world state right after event ``sequence``, replayed from the chronicle's events.
+
+    ``occurred_by``: the state at that story time: the events up to ``sequence`` that had happened
+    by then, replayed in story order (a report entered late of something earlier is recorded after
+    what it precedes); an event with no story time happens right after the one recorded before it."""
     events: list[StoredEvent] = []
     after = 0
     while after < sequence:
@@ -1132,6 +1141,9 @@ async def state_as_of(
         if len(page) < REPLAY_PAGE:
             break
         after = page[-1].sequence
+    if occurred_by is not None:
+        happened = [e for e in events if e.occurred_at is None or e.occurred_at <= occurred_by]
+        return replay_in_story_order(happened, chronicle_id)
     state, _, _ = replay_stored(events, chronicle_id)
     return state
 

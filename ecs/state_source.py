@@ -657,21 +657,33 @@ class ChronicleReplayStateSource:
                 entity_id = next((world.names[k] for k in sorted(keys) if k in world.names), None)
                 if entity_id is None or not replayed:
                     continue  # not in the chronicle (by then): the seed alone does not make it exist
-                if last_holder is not None and last_holder in world.entities:
-                    # A held item goes where its holder goes, and one destroyed while held lies
-                    # where its last holder was then: follow the holder's events too.
-                    holder_entity = world.entities[last_holder]
+                # A held item goes where its holder goes, and one destroyed while held lies where
+                # its last holder was then: follow the holder's events too, and its holder's (a
+                # drive in a case that someone carries), up to HOLDER_DEPTH holders.
+                replayed_keys, holder = set(keys), last_holder
+                for _ in range(HOLDER_DEPTH):
+                    if holder is None or holder not in world.entities:
+                        break
+                    holder_entity = world.entities[holder]
                     holder_keys = {normalize_name(n) for n in (holder_entity.name, *holder_entity.aliases)}
+                    if holder_keys <= replayed_keys:
+                        break
+                    replayed_keys |= holder_keys
                     world, _, _ = await self._replay_events_of(
-                        conn, keys | holder_keys, as_of_sequence, known_list
+                        conn, replayed_keys, as_of_sequence, known_list
                     )
                     entity_id = next((world.names[k] for k in sorted(keys) if k in world.names), entity_id)
+                    holder_id = next((world.names[k] for k in sorted(holder_keys) if k in world.names), None)
+                    held_by = None if holder_id is None else world.entities[holder_id].get(Holder)
+                    holder = None if held_by is None else held_by.holder
                 state = state_from_world(world, entity_id)
                 if state is not None:
                     states.append(msgspec.structs.replace(state, id=key))
         return states
 
 
+HOLDER_DEPTH: Final = 4
+"""How many holders up the degraded replay follows an item (drive -> case -> courier)."""
 PRESENT_KIND = "character"
 """Who is "at" a place: its characters (the items they carry are in their inventories)."""
 PRESENCE_SCAN_EVENTS: Final = 500

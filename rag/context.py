@@ -650,23 +650,49 @@ async def _knowable_sequences(conn: Any, request: ContextRequest, pov_keys: list
 
     Where the character was is followed through its own events: each event it takes part in puts
     it at that event's location (and a `move` of it, to the target), until the next such event.
+    While it is dead, missing or unconscious it knows nothing, until an event gives it another
+    status (which it takes part in: it is found, it wakes).
     """
     events = await events_up_to(conn, request.tenant_id, request.chronicle_id, upto)
     keys = set(pov_keys)
     knowable: set[int] = set()
     here: str | None = None
+    away = False  # dead, missing or unconscious: it takes part in nothing and sees nothing
     for event in events:
         involved = _event_keys(event)
+        status = _status_set(event, keys)
+        if away and (status is None or status in MARKED_STATUSES):
+            # Its body may be moved or looked at; the character knows nothing of it.
+            here = _moved_to(event, keys) or here
+            continue
+        if status is not None:
+            away = status in MARKED_STATUSES  # the event that kills it or finds it, it takes part in
         if keys & involved:
             knowable.add(event.sequence)
             if event.location:
                 here = normalize_name(event.location)
-            for effect in event.effects:
-                if effect.get("op") == "move" and normalize_name(str(effect.get("entity", ""))) in keys:
-                    here = normalize_name(str(effect.get("to", "")))
+            here = _moved_to(event, keys) or here
         elif here is not None and event.location and normalize_name(event.location) == here:
             knowable.add(event.sequence)
     return knowable
+
+
+def _status_set(event: StoredEvent, keys: set[str]) -> str | None:
+    """The status this event gives the entity of ``keys`` (a destroy: destroyed), if any."""
+    status = None
+    for effect in event.effects:
+        op = effect.get("op")
+        if op in ("status", "destroy") and normalize_name(str(effect.get("entity", ""))) in keys:
+            status = str(effect.get("status")).casefold() if op == "status" else "destroyed"
+    return status
+
+
+def _moved_to(event: StoredEvent, keys: set[str]) -> str | None:
+    moved = None
+    for effect in event.effects:
+        if effect.get("op") == "move" and normalize_name(str(effect.get("entity", ""))) in keys:
+            moved = normalize_name(str(effect.get("to", "")))
+    return moved
 
 
 def _event_keys(event: StoredEvent) -> set[str]:

@@ -567,6 +567,9 @@ def _find_mentions(
     return found
 
 
+_ARTICLES: Final = frozenset({"the", "a", "an"})
+
+
 def _resolve_focus(
     entry: str, known: Sequence[KnownEntity], by_id: dict[str, KnownEntity], index: _Index
 ) -> list[KnownEntity]:
@@ -583,6 +586,9 @@ def _resolve_focus(
     aliased = [e for e in known if any(normalize_name(a) == key for a in e.aliases)]
     if aliased:
         return sorted(aliased, key=lambda e: e.id)
+    article, _, rest = key.partition(" ")
+    if article in _ARTICLES and rest:
+        return _resolve_focus(rest, known, by_id, index)  # "the case", as a question says it
     tokens = _split(key)[0]
     if len(tokens) != 1:
         return []
