@@ -42,10 +42,10 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
-from ecs.components import Holder
+from ecs.components import Holder, Position
 from ecs.criteria import FieldComparison, ValenceBound
 from ecs.projector import replay_in_story_order, replay_stored
-from ecs.reducer import Relationship, WorldState, inventory, location_of
+from ecs.reducer import Entity, Relationship, WorldState, inventory, location_of
 from ecs.schema import ecs_components, ecs_entities, ecs_relationships, ecs_valence_history
 from rag.events import (
     AliasEffect,
@@ -192,6 +192,9 @@ class EntityView(msgspec.Struct, frozen=True):
     updated_sequence: int
     created_event_id: uuid.UUID
     updated_event_id: uuid.UUID
+    carried_by: list[EntityRef] = []
+    """Who carries the holder, and so on up (a drive in a case that Mara carries: ``holder`` is
+    the case, ``carried_by`` Mara); the last one's position is the ``location``."""
 
 
 class EntitySummary(msgspec.Struct, frozen=True):
@@ -478,44 +481,50 @@ async def _names(
 
 async def _location_ids(
     conn: AsyncConnection, chronicle_id: uuid.UUID, cores: Sequence[EntityCore]
-) -> dict[uuid.UUID, uuid.UUID | None]:
+) -> tuple[dict[uuid.UUID, uuid.UUID | None], dict[uuid.UUID, list[uuid.UUID]]]:
     """``reducer.location_of`` over the tables for each core: own position, else up the holder
     chain. The chains are walked in lockstep, one statement per link for all of them together
-    (usually one: an item held by someone who has a position), not one per link per entity."""
+    (usually one: an item held by someone who has a position), not one per link per entity.
+    Also returns, per held core, the holders walked (its holder, the holder's holder, ...)."""
     located: dict[uuid.UUID, uuid.UUID | None] = {}
-    # core id -> (the entity to look at next, the entities seen on the way)
-    walks: dict[uuid.UUID, tuple[uuid.UUID | None, set[uuid.UUID]]] = {}
+    chains: dict[uuid.UUID, list[uuid.UUID]] = {}
+    # core id -> the entity to look at next (the entities seen on the way are in `chains`)
+    walks: dict[uuid.UUID, uuid.UUID | None] = {}
     for core in cores:
         if "position" in core.components:
             located[core.id] = _ref_field(core.components, "position", "location")
         else:
-            walks[core.id] = (_ref_field(core.components, "holder", "holder"), {core.id})
+            walks[core.id] = _ref_field(core.components, "holder", "holder")
+            chains[core.id] = []
     while walks:
         step: dict[uuid.UUID, uuid.UUID] = {}
-        for core_id, (current, seen) in walks.items():
-            if current is None or current in seen or len(seen) > MAX_HOLDER_CHAIN:
+        for core_id, current in walks.items():
+            chain = chains[core_id]
+            if current is None or current == core_id or current in chain or len(chain) >= MAX_HOLDER_CHAIN:
                 located[core_id] = None
                 continue
-            seen.add(current)
             step[core_id] = current
         if not step:
             break
         wanted = sorted(set(step.values()), key=lambda u: u.int)
         rows = await conn.execute(_HOLDER_LINKS, {"chronicle_id": chronicle_id, "ids": wanted})
         links = {row.id: row for row in rows}
-        following: dict[uuid.UUID, tuple[uuid.UUID | None, set[uuid.UUID]]] = {}
+        following: dict[uuid.UUID, uuid.UUID | None] = {}
         for core_id, current in step.items():
             row = links.get(current)
             if row is None:
                 located[core_id] = None
-            elif row.kind == "location":
-                located[core_id] = current
-            elif row.location_id is not None:
+                continue
+            if row.kind == "location":
+                located[core_id] = current  # left at a place: the place is not a holder to carry it
+                continue
+            chains[core_id].append(current)
+            if row.location_id is not None:
                 located[core_id] = row.location_id
             else:
-                following[core_id] = (row.holder_id, walks[core_id][1])
+                following[core_id] = row.holder_id
         walks = following
-    return located
+    return located, chains
 
 
 async def complete_view(conn: AsyncConnection, core: EntityCore) -> EntityView:
@@ -540,7 +549,7 @@ async def _complete_chronicle_views(
     conn: AsyncConnection, chronicle_id: uuid.UUID, cores: Sequence[EntityCore]
 ) -> dict[uuid.UUID, EntityView]:
     ids = sorted({core.id for core in cores}, key=lambda u: u.int)
-    locations = await _location_ids(conn, chronicle_id, cores)
+    locations, chains = await _location_ids(conn, chronicle_id, cores)
 
     items = await conn.execute(_INVENTORIES, {"chronicle_id": chronicle_id, "ids": ids})
     held: dict[uuid.UUID, list[EntityRef]] = {}
@@ -572,8 +581,9 @@ async def _complete_chronicle_views(
             )
 
     holders = {core.id: _ref_field(core.components, "holder", "holder") for core in cores}
+    carriers = [i for chain in chains.values() for i in chain]
     names = await _names(
-        conn, chronicle_id, [i for i in (*locations.values(), *holders.values()) if i is not None]
+        conn, chronicle_id, [i for i in (*locations.values(), *holders.values(), *carriers) if i is not None]
     )
     views: dict[uuid.UUID, EntityView] = {}
     for core in cores:
@@ -599,6 +609,7 @@ async def _complete_chronicle_views(
             updated_sequence=core.updated_sequence,
             created_event_id=core.created_event_id,
             updated_event_id=core.updated_event_id,
+            carried_by=[EntityRef(i, names[i]) for i in chains.get(core.id, [])[1:] if i in names],
         )
     return views
 
@@ -673,7 +684,25 @@ def entity_view_from_state(state: WorldState, entity_id: str | uuid.UUID) -> Ent
         updated_sequence=entity.updated_sequence,
         created_event_id=uuid.UUID(entity.created_event_id),
         updated_event_id=uuid.UUID(entity.updated_event_id),
+        carried_by=[EntityRef(uuid.UUID(e.id), e.name) for e in holder_chain(state, key)[1:]],
     )
+
+
+def holder_chain(state: WorldState, entity_id: str) -> list[Entity]:
+    """The entity's holder, the holder's holder, and so on up to one with a place of its own (a
+    place it was left at is not a holder that carries it); as ``location_of`` walks it."""
+    chain: list[Entity] = []
+    seen = {entity_id}
+    entity = state.entities.get(entity_id)
+    while entity is not None and entity.get(Position) is None and len(chain) < MAX_HOLDER_CHAIN:
+        held = entity.get(Holder)
+        holder = None if held is None or held.holder in seen else state.entities.get(held.holder)
+        if holder is None or holder.kind == "location":
+            break
+        seen.add(holder.id)
+        chain.append(holder)
+        entity = holder
+    return chain
 
 
 # ----------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from ecs.queries import (
     ValenceSource,
     complete_views,
     get_entity_core,
+    holder_chain,
     latest_event,
     list_entities,
     valence_sources,
@@ -126,6 +127,7 @@ def state_from_world(state: WorldState, entity_id: str) -> EntityState | None:
         holder=None
         if holder_component is None
         else _fact(state.entities[holder_component.holder].name, entity.provenance.get("holder")),
+        carried_by=[e.name for e in holder_chain(state, entity_id)[1:]],
         inventory=[_fact(item.name, item.provenance.get("holder")) for item in inventory],
         components={
             name: _fact(_plain(value), entity.provenance.get(name))
@@ -275,6 +277,7 @@ class EcsStateSource:
                     related.append(view.location.id)
                 if view.holder is not None:
                     related.append(view.holder.id)
+                related += [c.id for c in view.carried_by]
             provenance = await self._provenance(conn, sorted(set(related), key=lambda u: u.int))
         return [self._from_view(view, provenance) for view in views]
 
@@ -289,9 +292,14 @@ class EcsStateSource:
         own = {name: provenance.get((view.id, name)) for name in view.components}
         location_source = own.get("position")
         if view.holder is not None:
-            # A held item is where its holder is: its place changed when it was taken and
-            # whenever the holder moved since.
-            candidates = [own.get("holder"), provenance.get((view.holder.id, "position"))]
+            # A held item is where its holder is: its place changed when it was taken, whenever
+            # its holder changed hands (a case it is in) and whenever the last carrier moved.
+            carriers = [view.holder.id, *(c.id for c in view.carried_by)]
+            candidates = [
+                own.get("holder"),
+                *(provenance.get((c, "holder")) for c in carriers),
+                provenance.get((carriers[-1], "position")),
+            ]
             location_source = max(
                 (c for c in candidates if c is not None), key=lambda p: p.sequence, default=None
             )
@@ -304,6 +312,7 @@ class EcsStateSource:
             location_id=None if view.location is None else str(view.location.id),
             status=None if view.status is None else _fact(view.status, own.get("status")),
             holder=None if view.holder is None else _fact(view.holder.name, own.get("holder")),
+            carried_by=[c.name for c in view.carried_by],
             inventory=[_fact(i.name, provenance.get((i.id, "holder"))) for i in view.inventory],
             components={
                 name: _fact(value, own.get(name))

@@ -111,6 +111,8 @@ class EntityState(msgspec.Struct, frozen=True, kw_only=True):
     location_id: str | None = None
     status: Fact | None = None
     holder: Fact | None = None
+    carried_by: list[str] = []
+    """Who carries the holder, and so on up (the case's carrier, for a drive in a case)."""
     inventory: list[Fact] = []
     """value: each held item's name."""
     components: dict[str, Fact] = {}

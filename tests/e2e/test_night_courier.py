@@ -80,8 +80,23 @@ async def test_a_drive_in_a_carried_case_is_where_the_courier_is(client, story: 
     bundle = await story.context(client, query="Where is the data drive?", mode=mode, format="json")
     drive = state_of(bundle, "Data Drive")
     assert drive["holder"]["value"] == "Black Case"
-    # In the case, which Mara carried to the Hangar at 5 and out to the Ice Field and back since.
-    assert drive["location"]["value"] == "Hangar", mode
+    assert drive["carried_by"] == ["Mara Okafor"]
+    # In the case, which Mara carried to the Hangar at 5, out to the Ice Field at 7 and back at 8.
+    assert (drive["location"]["value"], drive["location"]["sequence"]) == ("Hangar", 8), mode
+
+
+async def test_the_entity_view_names_who_carries_the_holder(client, story: PostedStory) -> None:
+    response = await client.get(
+        f"/api/chronicles/{story.chronicle}/entities", params={"kind": "item"}, headers=story.tenant.headers
+    )
+    [drive] = [e for e in response.json()["items"] if e["name"] == "Data Drive"]
+    for params in ({}, {"as_of_sequence": 6}):  # from ECS rows, and replayed
+        view = (
+            await client.get(f"/api/entities/{drive['id']}", params=params, headers=story.tenant.headers)
+        ).json()
+        assert view["holder"]["name"] == "Black Case"
+        assert [c["name"] for c in view["carried_by"]] == ["Mara Okafor"], params
+        assert view["location"]["name"] == "Hangar"
 
 
 @pytest.mark.parametrize(
