@@ -21,6 +21,7 @@ import msgspec
 
 from app.logs import configure_logging
 from app.settings import ConfigError, Settings, load_settings
+from ecs.components import refused_values
 from rag.events import EventIn
 
 if TYPE_CHECKING:
@@ -616,6 +617,7 @@ def cmd_ingest_bulk(settings: Settings, args: argparse.Namespace) -> int:
                 dimension=services.embedder.dimension,
                 source=str(args.file),
                 chunk_size=args.chunk_size,
+                refused=refused_values,
             )
             try:
                 totals = await bulk_ingest(
@@ -663,9 +665,12 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
         if not line.strip():
             continue
         try:
-            events.append(msgspec.json.decode(line, type=EventIn))
+            event = msgspec.json.decode(line, type=EventIn)
         except (msgspec.ValidationError, msgspec.DecodeError) as error:
             raise CliError(f"{args.file}:{number}: {error}; nothing was ingested") from None
+        for field, reason in refused_values(event.effects):
+            raise CliError(f"{args.file}:{number}: {field}: {reason}; nothing was ingested")
+        events.append(event)
 
     async def work(services: Services) -> tuple[uuid.UUID, int, int, list[str]]:
         tenant_id, chronicle_id = await _ingest_target(services, args)

@@ -97,6 +97,12 @@ def bad_parameter(field: str, message: str) -> ProblemError:
     )  # fmt: skip
 
 
+def invalid_events(errors: list[FieldError]) -> ProblemError:
+    """A 422 naming each event (index) and field a batch was refused for."""
+    detail = "; ".join(f"event {e.index}: {e.field}: {e.message}" for e in errors)
+    return ProblemError(422, "Invalid request", detail, problem_type="invalid-request", errors=errors)
+
+
 def problem_response(
     request: Request[Any, Any, Any] | None,
     status: int,

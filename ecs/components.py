@@ -33,13 +33,13 @@ entity, and a held item's location is its holder's location (see ``ecs.reducer.l
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Final, Self
 
 import msgspec
 
-from rag.events import normalize_name
+from rag.events import Effect, SetEffect, SpawnEffect, normalize_name
 
 __all__ = [
     "COMPONENT_TYPES",
@@ -206,3 +206,26 @@ _NAMES: Final = {ctype: name for name, ctype in COMPONENT_TYPES.items()}
 def component_name(ctype: type[Component]) -> str:
     """The registered name of a component type; ``KeyError`` if it is not registered."""
     return _NAMES[ctype]
+
+
+def refused_values(effects: Sequence[Effect]) -> list[tuple[str, str]]:
+    """Where a registered component refuses a value that ``set`` or ``spawn`` gives it, as
+    ``(field, reason)`` with the field relative to the event (``effects[0].value``). The reducer
+    would skip such an effect (an anomaly no client sees); ingest refuses the batch instead."""
+    refused: list[tuple[str, str]] = []
+    for index, effect in enumerate(effects):
+        if isinstance(effect, SetEffect):
+            values = {f"effects[{index}].value": (effect.component, effect.value)}
+        elif isinstance(effect, SpawnEffect):
+            values = {f"effects[{index}].components.{n}": (n, v) for n, v in effect.components.items()}
+        else:
+            continue
+        for field, (name, value) in values.items():
+            ctype = COMPONENT_TYPES.get(normalize_name(name))
+            if ctype is None:
+                continue  # a custom component: any JSON
+            try:
+                ctype.parse(value, None)
+            except (msgspec.ValidationError, ValueError, TypeError) as error:
+                refused.append((field, f"not a valid {normalize_name(name)!r} value: {error}"))
+    return refused

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Final
 
 import msgspec
@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from rag.events import EventIn
+from rag.events import Effect, EventIn
 from rag.ingest import EmbedTexts, embedding_text
 from rag.store import bulk_append_events, existing_external_ids
 
@@ -82,21 +82,34 @@ def decode_line(raw: bytes | str, dimension: int) -> BulkEventIn:
     return event
 
 
+RefusedValues = Callable[[Sequence[Effect]], list[tuple[str, str]]]
+"""What the state side refuses in an event's effects, as ``(field, reason)`` pairs."""
+
+
 def read_chunks(
-    lines: Iterable[bytes | str], *, dimension: int, source: str, chunk_size: int = DEFAULT_CHUNK_EVENTS
+    lines: Iterable[bytes | str],
+    *,
+    dimension: int,
+    source: str,
+    chunk_size: int = DEFAULT_CHUNK_EVENTS,
+    refused: RefusedValues | None = None,
 ) -> Iterator[list[BulkEventIn]]:
     """Validated events in chunks of ``chunk_size``; blank lines are skipped.
 
     Raises BulkLineError for the first bad line, before the chunk holding it is yielded.
+    ``refused``: a check of the effects' values beyond their shape (the API refuses them too).
     """
     chunk: list[BulkEventIn] = []
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         try:
-            chunk.append(decode_line(raw, dimension))
+            event = decode_line(raw, dimension)
         except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as error:
             raise BulkLineError(source, number, str(error)) from None
+        for field, reason in refused(event.effects) if refused is not None else ():
+            raise BulkLineError(source, number, f"{field}: {reason}")
+        chunk.append(event)
         if len(chunk) >= chunk_size:
             yield chunk
             chunk = []

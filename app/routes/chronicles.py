@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from typing import Annotated
 
 import msgspec
@@ -12,7 +13,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from app.database import translate_database_errors
 from app.dependencies import ServicesDep, TenantId
-from app.errors import bad_parameter, not_found
+from app.errors import FieldError, bad_parameter, invalid_events, not_found
 from app.pagination import decode_cursor, encode_cursor
 from app.schemas import (
     ActorOut,
@@ -25,9 +26,10 @@ from app.schemas import (
     IngestResultOut,
 )
 from app.services import Services
+from ecs.components import refused_values
 from ecs.guard import is_ecs_failure
 from ecs.queries import EntityCore, find_entity, get_entity_core
-from rag.events import EventBatchIn
+from rag.events import EventBatchIn, EventIn
 from rag.ingest import ingest_batch
 from rag.store import (
     ChronicleRow,
@@ -152,6 +154,9 @@ class ChronicleController(Controller):
         services: ServicesDep,
         tenant_id: TenantId,
     ) -> IngestResponse:
+        refused = refused_component_values(data.events)
+        if refused:
+            raise invalid_events(refused)
         async with translate_database_errors():
             results = await ingest_batch(
                 services.engine, services.embed, tenant_id, chronicle_id, data.events
@@ -201,6 +206,16 @@ class ChronicleController(Controller):
         page = rows[:limit]
         next_cursor = encode_cursor({"s": page[-1].sequence}) if len(rows) > limit else None
         return EventPage(items=[_event_out(e) for e in page], next_cursor=next_cursor)
+
+
+def refused_component_values(events: Sequence[EventIn]) -> list[FieldError]:
+    """Values a registered component would refuse (``health: "very"``): the reducer would skip
+    the effect, and the client would never know, so the batch is refused whole instead."""
+    return [
+        FieldError(field=f"events[{index}].{field}", message=reason, index=index)
+        for index, event in enumerate(events)
+        for field, reason in refused_values(event.effects)
+    ]
 
 
 async def _other_names(

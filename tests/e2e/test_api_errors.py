@@ -36,6 +36,28 @@ async def stored_count(client, tenant: Tenant, chronicle: str) -> int:
         ({"summary": "x", "colour": "red"}, "events[1].colour", "colour"),
         ({"summary": "x", "importance": 3}, "events[1].importance", "1.0"),
         ({"summary": "x", "occurred_at": "yesterday"}, "events[1].occurred_at", "datetime"),
+        # A registered component's value of the wrong shape: the reducer would skip it unseen.
+        (
+            {
+                "summary": "x",
+                "effects": [{"op": "set", "entity": "Maud", "component": "Health", "value": "very"}],
+            },
+            "events[1].effects[0].value",
+            "'health'",
+        ),
+        (
+            {
+                "summary": "x",
+                "effects": [{"op": "set", "entity": "Maud", "component": "status", "value": " "}],
+            },
+            "events[1].effects[0].value",
+            "blank",
+        ),
+        (
+            {"summary": "x", "effects": [{"op": "spawn", "entity": "Maud", "components": {"position": 7}}]},
+            "events[1].effects[0].components.position",
+            "'position'",
+        ),
     ],
 )
 async def test_invalid_event_rejects_whole_batch(
@@ -113,3 +135,18 @@ async def test_unknown_route_and_method_are_problem_details(client, tenant: Tena
     response = await client.delete("/api/chronicles", headers=tenant.headers)
     assert response.status_code == 405
     assert response.headers["content-type"].startswith(PROBLEM)
+
+
+async def test_component_values_of_the_right_shape_and_custom_ones_are_taken(client, tenant: Tenant) -> None:
+    chronicle = await make_chronicle(client, tenant)
+    effects = [
+        {"op": "spawn", "entity": "Maud", "components": {"health": {"hp": 4}, "position": "Inn"}},
+        {"op": "set", "entity": "Maud", "component": "health", "value": 3},  # a bare number is hp
+        {"op": "set", "entity": "Maud", "component": "Clearance", "value": "very"},  # custom: any JSON
+    ]
+    response = await client.post(
+        f"/api/chronicles/{chronicle}/events",
+        json={"events": [event(1, effects=effects)]},
+        headers=tenant.headers,
+    )
+    assert response.status_code == 200, response.text

@@ -182,6 +182,16 @@ async def test_cli_bulk_ingest(engine, tenant: Tenant, database_url: str, tmp_pa
     assert rejected.returncode == 1
     assert f"{bad}:2: embedding has 2 dimensions, expected 384" in rejected.stderr
 
+    # A registered component's value of the wrong shape is refused as the API refuses it.
+    unhealthy = tmp_path / "unhealthy.jsonl"
+    unhealthy.write_text(
+        '{"summary": "x", "effects": [{"op": "set", "entity": "Maud", "component": "health", "value": "very"}]}\n'
+    )
+    for extra in (["--bulk"], []):
+        refused = lore(["ingest", str(unhealthy), "--tenant", name, *extra], database_url)
+        assert refused.returncode == 1, extra
+        assert f"{unhealthy}:1: effects[0].value: not a valid 'health' value" in refused.stderr, extra
+
 
 async def test_failed_copy_leaves_no_pass_through_codec_in_the_pool(engine, embedder, tenant: Tenant) -> None:
     chronicle = await new_chronicle(engine, tenant, embedder)
