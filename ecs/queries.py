@@ -442,6 +442,19 @@ _from_e = ecs_entities.alias("from_e")
 _to_e = ecs_entities.alias("to_e")
 # Both directions in one statement. The far end must exist (an inner join, as a per-direction
 # query would have it: checked where the rows are read); the near end is the entity itself.
+_HOLDS: Final = or_(
+    ecs_relationships.c.types != literal_column("'{}'::jsonb"),
+    ecs_relationships.c.valence != literal_column("'{}'::jsonb"),
+)
+"""A relationship record that still says something: every relation type removed and no valence
+left (an unrelate) is no relationship, though the record stays for its history."""
+
+
+def holds(record: Relationship) -> bool:
+    """``_HOLDS`` for a reducer record."""
+    return bool(record.types or record.valence)
+
+
 _RELATIONSHIPS: Final = (
     select(
         ecs_relationships.c.from_id,
@@ -465,6 +478,7 @@ _RELATIONSHIPS: Final = (
             ecs_relationships.c.from_id.in_(bindparam("ids", expanding=True)),
             ecs_relationships.c.to_id.in_(bindparam("ids", expanding=True)),
         ),
+        _HOLDS,
     )
 )
 
@@ -663,7 +677,7 @@ def entity_view_from_state(state: WorldState, entity_id: str | uuid.UUID) -> Ent
     relationships = []
     for record in state.relationships.values():
         for direction, end in (("outgoing", record.from_id), ("incoming", record.to_id)):
-            if end == key:
+            if end == key and holds(record):
                 view = _relationship_view(state, record, direction)  # type: ignore[arg-type]
                 if view is not None:
                     relationships.append(view)
@@ -847,6 +861,7 @@ def _relationship_condition(filters: EntityFilters, chronicle_id: uuid.UUID) -> 
         clauses: list[ColumnElement[bool]] = [
             ecs_relationships.c.chronicle_id == chronicle_id,
             mine == ecs_entities.c.id,
+            _HOLDS,
         ]
         if filters.related_to is not None:
             clauses.append(theirs == filters.related_to)
@@ -932,6 +947,8 @@ async def list_entities(
 def _state_relationship_match(state: WorldState, entity_id: str, filters: EntityFilters) -> bool:
     related = None if filters.related_to is None else str(filters.related_to)
     for record in state.relationships.values():
+        if not holds(record):
+            continue
         for direction, mine, theirs in (
             ("outgoing", record.from_id, record.to_id),
             ("incoming", record.to_id, record.from_id),
@@ -1006,7 +1023,7 @@ async def relationship_graph(
     r = ecs_relationships
     query = select(
         r.c.from_id, r.c.to_id, r.c.types, r.c.valence, r.c.created_sequence, r.c.updated_sequence
-    ).where(r.c.tenant_id == tenant_id, r.c.chronicle_id == chronicle_id)
+    ).where(r.c.tenant_id == tenant_id, r.c.chronicle_id == chronicle_id, _HOLDS)
     if filters.types:
         query = query.where(or_(*(r.c.types.has_key(t) for t in filters.types)))
     if filters.entity_id is not None:

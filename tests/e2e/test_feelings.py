@@ -6,7 +6,8 @@ holder is ever stale): Hesper hires Doran and warms to him (2: employs, trust +0
 set to 0.9. Doran becomes the Ferryman (4). Hesper dismisses the Ferryman (5: employs removed,
 trust -0.9, so trust is -0.5 now). Lisbet's gratitude toward the Ferryman drops to 0.1 (6).
 Lisbet breaks with Hesper (7: sworn_friend removed) and they make up (8: sworn_friend again, and
-Hesper's trust in Lisbet +0.2). Lisbet's gratitude settles at 0.4 (9).
+Hesper's trust in Lisbet +0.2). Lisbet's gratitude settles at 0.4 (9). Doran swears to guard
+Hesper (10) and breaks the oath (11): nothing is left from him to her.
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ STORY = [
     ]),
     _event(9, "Lisbet learns the brother lived; she thinks better of Doran.", ["Lisbet Crow"], [
         _valence("Lisbet Crow", "Doran Pike", "gratitude", value=0.4),
+    ]),
+    _event(10, "Doran swears to guard the toll house for Hesper.", ["Doran Pike"], [
+        {"op": "relate", "from": "Doran Pike", "to": "Hesper Vane", "type": "sworn_guard"},
+    ]),
+    _event(11, "Doran breaks his oath and walks away from the ford.", ["Doran Pike"], [
+        {"op": "unrelate", "from": "Doran Pike", "to": "Hesper Vane", "type": "sworn_guard"},
     ]),
 ]  # fmt: skip
 
@@ -173,3 +180,39 @@ async def test_as_of_a_sequence_later_changes_do_not_count(client, story: Story,
     )
     item = items_by_sequence(bundle)[2]
     assert (item["superseded"], item["superseded_note"]) == (False, None)
+
+
+async def test_a_relation_with_nothing_left_is_no_relationship(client, story: Story) -> None:
+    for mode in MODES:
+        bundle = await context(client, story, query="What happened in #10?", focus=["Hesper Vane"], mode=mode)
+        [hesper] = [s for s in bundle["state"] if s["name"] == "Hesper Vane"]
+        assert [
+            (r["other"], r["direction"]) for r in hesper["relationships"] if r["other"] == "Doran Pike"
+        ] == [
+            ("Doran Pike", "outgoing")  # her trust and affection toward him; nothing from him
+        ], mode
+        assert items_by_sequence(bundle)[10]["superseded_note"] == (
+            "earlier: Doran Pike sworn_guard Hesper Vane; now: no longer"
+        ), mode
+    headers = story.tenant.headers
+    graph = (await client.get(f"/api/chronicles/{story.chronicle}/relationships", headers=headers)).json()
+    names = {n["id"]: n["name"] for n in graph["nodes"]}
+    edges = {(names[e["from_id"]], names[e["to_id"]]) for e in graph["edges"]}
+    assert ("Hesper Vane", "Doran Pike") in edges and ("Doran Pike", "Hesper Vane") not in edges
+    characters = (
+        await client.get(
+            f"/api/chronicles/{story.chronicle}/entities", params={"kind": "character"}, headers=headers
+        )
+    ).json()["items"]
+    hesper_id = next(c["id"] for c in characters if c["name"] == "Hesper Vane")
+    for params in ({}, {"as_of_sequence": 11}):
+        related = await client.get(
+            f"/api/chronicles/{story.chronicle}/entities",
+            params={"related_to": hesper_id, **params},
+            headers=headers,
+        )
+        assert {e["name"] for e in related.json()["items"]} == {"Lisbet Crow"}, params
+        view = (await client.get(f"/api/entities/{hesper_id}", params=params, headers=headers)).json()
+        assert ("Doran Pike", "incoming") not in {
+            (r["other"]["name"], r["direction"]) for r in view["relationships"]
+        }
