@@ -125,8 +125,9 @@ def state_from_world(state: WorldState, entity_id: str) -> EntityState | None:
         status=None
         if status_component is None
         else _fact(status_component.value, entity.provenance.get("status")),
+        # An item left at a place has the place as its holder: it is where it lies, not held.
         holder=None
-        if holder_component is None
+        if holder_component is None or state.entities[holder_component.holder].kind == "location"
         else _fact(state.entities[holder_component.holder].name, entity.provenance.get("holder")),
         carried_by=[e.name for e in holder_chain(state, entity_id)[1:]],
         inventory=[_fact(item.name, item.provenance.get("holder")) for item in inventory],
@@ -312,7 +313,9 @@ class EcsStateSource:
             location=None if view.location is None else _fact(view.location.name, location_source),
             location_id=None if view.location is None else str(view.location.id),
             status=None if view.status is None else _fact(view.status, own.get("status")),
-            holder=None if view.holder is None else _fact(view.holder.name, own.get("holder")),
+            holder=None
+            if view.holder is None or (view.location is not None and view.location.id == view.holder.id)
+            else _fact(view.holder.name, own.get("holder")),
             carried_by=[c.name for c in view.carried_by],
             inventory=[_fact(i.name, provenance.get((i.id, "holder"))) for i in view.inventory],
             components={

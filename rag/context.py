@@ -753,6 +753,7 @@ def _state_view(
         "holder": None
         if state.holder is None
         else {"value": state.holder.value, "sequence": state.holder.sequence},
+        "carried_by": list(state.carried_by),
         "inventory": [{"name": i.value, "sequence": i.sequence} for i in state.inventory],
         "components": {name: fact.value for name, fact in sorted(state.components.items())},
         "relationships": [

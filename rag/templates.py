@@ -93,6 +93,10 @@ class StateView(TypedDict):
     """Other names of the entity (v3 renders them)."""
     location: LocationView | None
     status: str | StatusView | None
+    holder: NotRequired[StatusView | None]
+    """Who or what holds the entity (an item), with the sequence that set it."""
+    carried_by: NotRequired[list[str]]
+    """Who carries the holder, and so on up (v3 renders them: "itself held by Mara")."""
     inventory: list[str | ItemView]
     components: dict[str, Any]
     """Other components worth showing (``{"Description": {"text": ...}}``), kept small."""

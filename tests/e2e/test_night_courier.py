@@ -6,7 +6,7 @@ Mara takes the case from the Vault while Jonas looks on (4, 10:00) and carries i
 (5, 11:00); Jonas is shot in the Vault (6, 12:00); Mara searches the Ice Field, where Quinn lies
 missing (7, 12:30), and finds him (8, 13:00: Quinn rescued, both to the Hangar); the medic looks
 at Jonas's body (9, 14:00). Entered last (10) but dated 08:30: Jonas signed the drive out of
-stores, with clearance 3.
+stores, with clearance 3. Then Mara leaves the case on the hangar workbench (11, 14:30).
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ STORY = [
     _event(10, "08:30", "Station log, entered late: Jonas signed the drive out of stores.", ["Jonas Reyes"], [
         {"op": "set", "entity": "Jonas Reyes", "component": "Clearance", "value": {"level": 3}},
     ], "Dock"),
+    _event(11, "14:30", "Mara leaves the black case on the hangar workbench.", ["Mara Okafor"], [
+        {"op": "transfer", "item": "Black Case", "to": "Hangar"},
+    ], "Hangar"),
 ]  # fmt: skip
 
 MODES = ("full", "chronicle_only")
@@ -77,12 +80,37 @@ def state_of(bundle: dict, name: str) -> dict:
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_a_drive_in_a_carried_case_is_where_the_courier_is(client, story: PostedStory, mode) -> None:
-    bundle = await story.context(client, query="Where is the data drive?", mode=mode, format="json")
+    bundle = await story.context(
+        client, query="Where is the data drive?", mode=mode, format="both", as_of_sequence=10
+    )
     drive = state_of(bundle, "Data Drive")
     assert drive["holder"]["value"] == "Black Case"
     assert drive["carried_by"] == ["Mara Okafor"]
     # In the case, which Mara carried to the Hangar at 5, out to the Ice Field at 7 and back at 8.
     assert (drive["location"]["value"], drive["location"]["sequence"]) == ("Hangar", 8), mode
+    assert "- Held by: Black Case (since #2), itself held by Mara Okafor\n" in bundle["text"]
+    for template, line in (("compact", "held_by=Black Case #2 < Mara Okafor\n"),
+                           ("roleplay", "held by Black Case, itself held by Mara Okafor")):  # fmt: skip
+        rendered = await story.context(
+            client,
+            query="Where is the data drive?",
+            mode=mode,
+            format="both",
+            as_of_sequence=10,
+            template=template,
+        )
+        assert line in rendered["text"], (template, rendered["text"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_thing_left_at_a_place_lies_there_held_by_no_one(client, story: PostedStory, mode) -> None:
+    bundle = await story.context(client, query="Where are the data drive and the black case?", mode=mode,
+                                 format="both")  # fmt: skip
+    case, drive = state_of(bundle, "Black Case"), state_of(bundle, "Data Drive")
+    assert (case["location"]["value"], case["location"]["sequence"], case["holder"]) == ("Hangar", 11, None)
+    assert drive["holder"]["value"] == "Black Case" and drive["carried_by"] == []
+    assert (drive["location"]["value"], drive["location"]["sequence"]) == ("Hangar", 11), mode
+    assert "Held by: Hangar" not in bundle["text"]
 
 
 async def test_the_entity_view_names_who_carries_the_holder(client, story: PostedStory) -> None:
@@ -90,7 +118,7 @@ async def test_the_entity_view_names_who_carries_the_holder(client, story: Poste
         f"/api/chronicles/{story.chronicle}/entities", params={"kind": "item"}, headers=story.tenant.headers
     )
     [drive] = [e for e in response.json()["items"] if e["name"] == "Data Drive"]
-    for params in ({}, {"as_of_sequence": 6}):  # from ECS rows, and replayed
+    for params in ({"as_of_sequence": 10}, {"as_of_sequence": 6}):  # replayed
         view = (
             await client.get(f"/api/entities/{drive['id']}", params=params, headers=story.tenant.headers)
         ).json()
