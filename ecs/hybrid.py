@@ -1364,8 +1364,11 @@ async def _present_from_chronicle(
         for relation in state.relationships:
             other = directory.canonical(normalize_name(relation.other))
             if relation.direction == "outgoing" and other == target and dimension in relation.valence:
+                cited = relation.valence_sources.get(dimension)
                 valence = ValenceFact(
-                    relation.valence[dimension], relation.sequence, _event_uuid(relation.event_id)
+                    relation.valence[dimension],
+                    relation.sequence if cited is None else cited.sequence,
+                    _event_uuid(relation.event_id if cited is None else cited.event_id),
                 )
         since = None
         if state.location.sequence is not None and state.location.event_id is not None:

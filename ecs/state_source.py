@@ -81,6 +81,46 @@ def _citations(sources: dict[str, ValenceSource]) -> dict[str, Citation]:
     return {dimension: Citation(s.sequence, str(s.event_id)) for dimension, s in sources.items()}
 
 
+def _uncited(state: EntityState) -> list[int]:
+    """Sequences of relationships whose ``event_id`` is not the event of their ``sequence``: the
+    reducer cites valences by event, relation types by sequence only."""
+    return [
+        r.sequence
+        for r in state.relationships
+        if r.sequence is not None and not any(c.sequence == r.sequence for c in r.valence_sources.values())
+    ]
+
+
+async def _cite_relationships(
+    conn: Any, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, states: list[EntityState]
+) -> list[EntityState]:
+    """Each relationship cited with the event of its ``sequence`` (its latest change: a relation
+    type set or removed, or a valence), so that ``sequence`` and ``event_id`` name one event."""
+    wanted = sorted({sequence for state in states for sequence in _uncited(state)})
+    rows = await conn.execute(
+        select(chronicle_events.c.sequence, chronicle_events.c.id).where(
+            chronicle_events.c.tenant_id == tenant_id,
+            chronicle_events.c.chronicle_id == chronicle_id,
+            chronicle_events.c.sequence.in_(wanted),
+        )
+    )
+    event_of = {row.sequence: str(row.id) for row in rows}
+    return [
+        msgspec.structs.replace(
+            state,
+            relationships=[
+                msgspec.structs.replace(r, event_id=event_of.get(r.sequence, r.event_id))
+                if r.sequence in event_of
+                else r
+                for r in state.relationships
+            ],
+        )
+        if _uncited(state)
+        else state
+        for state in states
+    ]
+
+
 def state_from_world(state: WorldState, entity_id: str) -> EntityState | None:
     """An entity's current state, with provenance, from a reducer state (replay or as-of)."""
     entity = state.entities.get(entity_id)
@@ -281,7 +321,11 @@ class EcsStateSource:
                     related.append(view.holder.id)
                 related += [c.id for c in view.carried_by]
             provenance = await self._provenance(conn, sorted(set(related), key=lambda u: u.int))
-        return [self._from_view(view, provenance) for view in views]
+        states = [self._from_view(view, provenance) for view in views]
+        if not any(_uncited(s) for s in states):
+            return states
+        async with self.chronicle_engine.connect() as conn:
+            return await _cite_relationships(conn, self.tenant_id, self.chronicle_id, states)
 
     async def _provenance(
         self, conn: Any, entity_ids: list[uuid.UUID]
@@ -692,6 +736,8 @@ class ChronicleReplayStateSource:
                 state = state_from_world(world, entity_id)
                 if state is not None:
                     states.append(msgspec.structs.replace(state, id=key))
+            if any(_uncited(s) for s in states):
+                states = await _cite_relationships(conn, self.tenant_id, self.chronicle_id, states)
         return states
 
 

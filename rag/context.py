@@ -95,7 +95,8 @@ class RelationFact(msgspec.Struct, frozen=True, kw_only=True):
     valence: dict[str, float]
     sequence: int | None = None
     event_id: str | None = None
-    """The newest change to any valence (``sequence`` also counts relation types)."""
+    """The event of ``sequence``: the relationship's latest change (a relation type set or
+    removed, or a valence)."""
     valence_sources: dict[str, Citation] = {}
     """Per valence dimension, the event that last changed it: trust may date from a betrayal
     long after the affection it sits beside."""

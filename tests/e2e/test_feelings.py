@@ -112,6 +112,12 @@ async def test_each_valence_is_cited_with_the_event_that_last_changed_it(client,
         "trust": {"sequence": 5, "event_id": story.event_at[5]},
     }
     assert to_doran["event_id"] == story.event_at[5]
+    # A relation type alone (no valence) is cited like any fact: the event that last set it.
+    [lisbet] = [s for s in (await context(client, story, query="Is Lisbet still Hesper's friend?", mode=mode,
+                                          format="json"))["state"] if s["name"] == "Lisbet Crow"]  # fmt: skip
+    to_hesper = relation(lisbet, "Hesper Vane", "outgoing")
+    assert (to_hesper["types"], to_hesper["valence"]) == (["sworn_friend"], {})
+    assert (to_hesper["sequence"], to_hesper["event_id"]) == (8, story.event_at[8])
 
 
 async def test_the_entity_view_cites_each_valence_too(client, story: Story) -> None:
