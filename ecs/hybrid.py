@@ -415,7 +415,7 @@ class RoleOf(msgspec.Struct, frozen=True):
 
 class Holding(msgspec.Struct, frozen=True):
     holder: Ref | None
-    """``None`` when the item was put down."""
+    """``None`` when the item was put down (moved, un-held) or destroyed in the hand."""
     previous: Ref | None
     event: EventInfo
     participants: list[RoleOf]

@@ -1264,8 +1264,8 @@ def _holder_change(effect: Effect, target: uuid.UUID, refs: _Refs) -> tuple[bool
     """(does it change the target's holder?, the new holder) for one effect."""
     if isinstance(effect, TransferEffect) and refs.id(effect.item) == target:
         return True, refs.get(effect.to)
-    if isinstance(effect, MoveEffect) and refs.id(effect.entity) == target:
-        return True, None
+    if isinstance(effect, MoveEffect | DestroyEffect) and refs.id(effect.entity) == target:
+        return True, None  # put down, or destroyed in the hand: no one holds it any more
     if isinstance(effect, UnsetEffect) and refs.id(effect.entity) == target:
         return normalize_name(effect.component) == "holder", None
     if isinstance(effect, SetEffect | SpawnEffect) and refs.id(effect.entity) == target:
@@ -1324,9 +1324,9 @@ def build_interactions(
     ``refs`` resolves the events' references (:func:`resolve_references` of
     :func:`event_references`). Participants of an event are its actors and the references of the
     effects that involve the target (all effects when the target is an actor or the location).
-    Holder changes come from transfers, ``set``/``spawn`` of a holder, and moves and unsets (which
-    put a held item down), as the chronicle states them; a change to the current holder (as far
-    as these events tell) is not repeated.
+    Holder changes come from transfers, ``set``/``spawn`` of a holder, and moves, unsets and
+    destroys (which put a held item down, or end it), as the chronicle states them; a change to
+    the current holder (as far as these events tell) is not repeated.
     """
     resolved = _Refs(refs)
     out: list[InteractionEvent] = []

@@ -635,6 +635,9 @@ def _point_of_view(
     found = resolve_reference(ref, known, scope=scope)
     if not found:
         raise UnknownPointOfView(f"no entity {ref!r} in this chronicle")
+    # "Headmaster" may be the Headmaster or the Headmaster's Study; only one of them can know.
+    knowers = [e for e in found if e.kind not in ("location", "item")]
+    found = knowers if len(knowers) == 1 else found
     if len(found) > 1:
         names = ", ".join(repr(e.name) for e in sorted(found, key=lambda e: (e.name.casefold(), e.name)))
         raise UnknownPointOfView(f"{ref!r} may be {names}: name one")
@@ -875,7 +878,8 @@ def _supersession(
             claimed_place is not None
             and now_place is not None
             and (now_place.sequence or 0) > sequence
-            and normalize_name(str(now_place.value)) != normalize_name(claimed_place)
+            # "Memorial Hall" is the Old Gymnasium by another name, not another place.
+            and normalize_name(claimed_place) not in known.of(state.location_id or "", str(now_place.value))
         ):
             notes.append(f"earlier: {state.name} at {claimed_place}; now: {state.name} at {now_place.value}"
                          + _status_suffix(state))  # fmt: skip
@@ -885,7 +889,7 @@ def _supersession(
             or (
                 now_holder is not None
                 and (now_holder.sequence or 0) > sequence
-                and normalize_name(str(now_holder.value)) != normalize_name(claimed_holder)
+                and normalize_name(claimed_holder) not in known.of("", str(now_holder.value))
             )
         ):
             now = f"held by {now_holder.value}" if now_holder is not None else "not held by anyone"

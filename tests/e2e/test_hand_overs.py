@@ -316,3 +316,10 @@ async def test_a_character_is_not_a_place_to_be_present_at(client, story: Story,
     found = await hybrid.answer(degraded, hybrid.PresentAtQuery(location="Chapel"))
     assert isinstance(found, hybrid.PresentAtResult)
     assert {m.entity.name for m in found.present} == {"Ada Fenwick", "Father Anselm", "Tobias Reed"}
+
+
+async def test_a_thing_destroyed_in_the_hand_ends_its_holders(client, story: Story) -> None:
+    answer = await story.query(client, type="item_interactions", item="Amber Flask")
+    assert [(h["event"]["sequence"], (h["holder"] or {}).get("name")) for h in answer["holders"]] == [
+        (1, "Idris Mollo"), (7, None),  # shattered at the mill: no one holds it since
+    ]  # fmt: skip

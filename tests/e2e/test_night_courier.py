@@ -6,7 +6,9 @@ Mara takes the case from the Vault while Jonas looks on (4, 10:00) and carries i
 (5, 11:00); Jonas is shot in the Vault (6, 12:00); Mara searches the Ice Field, where Quinn lies
 missing (7, 12:30), and finds him (8, 13:00: Quinn rescued, both to the Hangar); the medic looks
 at Jonas's body (9, 14:00). Entered last (10) but dated 08:30: Jonas signed the drive out of
-stores, with clearance 3. Then Mara leaves the case on the hangar workbench (11, 14:30).
+stores, with clearance 3. Then Mara leaves the case on the hangar workbench (11, 14:30); the
+hangar comes to be called Bay Four (12); Mara is in Bay Four (13), at the dock (14) and back in
+the Hangar (15).
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ STORY = [
     _event(11, "14:30", "Mara leaves the black case on the hangar workbench.", ["Mara Okafor"], [
         {"op": "transfer", "item": "Black Case", "to": "Hangar"},
     ], "Hangar"),
+    _event(12, "15:00", "The crew start calling the hangar Bay Four.", [], [
+        {"op": "alias", "entity": "Hangar", "alias": "Bay Four"},
+    ], "Hangar"),
+    _event(13, "15:10", "Mara checks the seals in Bay Four.", ["Mara Okafor"], [_move("Mara Okafor", "Bay Four")],
+           "Bay Four"),
+    _event(14, "15:20", "Mara walks down to the dock.", ["Mara Okafor"], [_move("Mara Okafor", "Dock")], "Dock"),
+    _event(15, "15:40", "Mara goes back to the hangar.", ["Mara Okafor"], [_move("Mara Okafor", "Hangar")],
+           "Hangar"),
 ]  # fmt: skip
 
 MODES = ("full", "chronicle_only")
@@ -198,3 +208,11 @@ async def test_a_focus_entry_may_start_with_an_article(client, story: PostedStor
     bundle = await story.context(client, query="What is in it?", focus=["the case"], format="json")
     assert [f["name"] for f in bundle["focus"]] == ["Black Case"]
     assert bundle["manifest"].get("unresolved_focus", []) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_place_named_by_its_alias_is_the_same_place(client, story: PostedStory, mode) -> None:
+    bundle = await story.context(client, query="What happened in #13 and #14?", mode=mode, focus=["Mara"])
+    items = {h["sequence"]: h for h in bundle["history"] + bundle["recent"]}
+    assert (items[13]["superseded"], items[13]["superseded_note"]) == (False, None)  # Bay Four is the Hangar
+    assert items[14]["superseded_note"] == "earlier: Mara Okafor at Dock; now: Mara Okafor at Hangar"

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from app.routes.context import _QueryEmbeddings
 from ecs.breaker import SlowCall
-from rag.context import _largest_fitting, _together, _uses_name
+from rag.context import UnknownPointOfView, _largest_fitting, _point_of_view, _together, _uses_name
+from rag.query_analysis import KnownEntity
 
 
 async def test_both_results_come_back_in_order() -> None:
@@ -148,3 +149,16 @@ def test_an_alias_counts_as_used_as_whole_words_in_any_case() -> None:
     assert not _uses_name(used, "Heron of")
     assert not _uses_name("the greyheron", "Grey Heron")
     assert _uses_name("ask r2-d2.", "R2-D2")
+
+
+def test_a_point_of_view_is_one_who_can_know() -> None:
+    head = KnownEntity(id="1", name="the Headmaster", kind="character")
+    study = KnownEntity(id="2", name="Headmaster's Study", kind="location")
+    annas = [KnownEntity(id="3", name="Anna Weiss"), KnownEntity(id="4", name="Anna Brook")]
+    # A word shared with a place: the one who can know is meant.
+    assert _point_of_view("Headmaster", [head, study, *annas], None) == head
+    # Two who can know: the client has to name one.
+    with pytest.raises(UnknownPointOfView, match="'Anna' may be 'Anna Brook', 'Anna Weiss'"):
+        _point_of_view("Anna", [head, study, *annas], None)
+    with pytest.raises(UnknownPointOfView, match="no entity 'Zed'"):
+        _point_of_view("Zed", [head, study, *annas], None)
