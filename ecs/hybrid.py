@@ -432,7 +432,8 @@ class ItemInteractionsResult(_Result, frozen=True, tag="item_interactions"):
     item: Ref
     holders: list[Holding]
     events: list[ItemEvent]
-    """The other events that involved the item (not holder changes)."""
+    """The other events that involved the item (not holder changes, but its destruction, which
+    also ends a holding, is here too)."""
 
 
 class StateAsOfResult(_Result, frozen=True, tag="state_as_of"):
@@ -1576,7 +1577,7 @@ async def item_interactions(scope: Scope, query: ItemInteractionsQuery) -> ItemI
             participants=[RoleOf(out(p.entity), p.roles) for p in e.participants],
         )
         for e in result.events
-        if e.event_id not in holder_events
+        if e.event_id not in holder_events or "destroy" in e.roles  # its end is more than a hand-over
     ]  # fmt: skip
     unavailable = session.ids_missing()
     if truncated:

@@ -419,6 +419,13 @@ def _build_terms(known: Sequence[KnownEntity]) -> dict[str, list[_Term]]:
             named, aliased = by_key.setdefault(key, (set(), set()))
             (named if position == 0 else aliased).add(entity.id)
 
+    # Entities a term shares are listed by name, not id: the ids of a replay (chronicle-only mode)
+    # are not ECS's, and "Where is Anna?" must bring Anna Brook and Anna Weiss in one order.
+    names = {e.id: e.name for e in known}
+
+    def in_order(ids: set[str]) -> tuple[str, ...]:
+        return tuple(sorted(ids, key=lambda i: (names[i].casefold(), names[i], i)))
+
     index: dict[str, list[_Term]] = {}
     for key, (named, aliased) in by_key.items():
         tokens, spans = _split(key_source[key])
@@ -427,11 +434,11 @@ def _build_terms(known: Sequence[KnownEntity]) -> dict[str, list[_Term]]:
         # A label that is one entity's name refers to that entity even if it is another's alias.
         ids = named or aliased
         glued = tuple(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))
-        term = _Term(tuple(tokens), glued, tuple(sorted(ids)), ambiguous=len(ids) > 1)
+        term = _Term(tuple(tokens), glued, in_order(ids), ambiguous=len(ids) > 1)
         index.setdefault(tokens[0], []).append(term)
     for word, ids in _name_words(known, exclude=index).items():
         if len(ids) <= MAX_NAME_WORD_ENTITIES:
-            index.setdefault(word, []).append(_Term((word,), (), tuple(sorted(ids)), ambiguous=len(ids) > 1))
+            index.setdefault(word, []).append(_Term((word,), (), in_order(ids), ambiguous=len(ids) > 1))
     for terms in index.values():
         # Longest first, so "Lantern Cellar" wins over "Lantern"; then by tokens for determinism.
         terms.sort(key=lambda t: (-len(t.tokens), t.tokens, t.glued))
