@@ -396,6 +396,9 @@ class TypeChange(msgspec.Struct, frozen=True):
     summary: str | None
     type: str
     change: Literal["related", "unrelated"]
+    data: dict[str, Any] | None = None
+    """What a ``relate`` said of the relation (``{"charge": "embezzlement"}``); a relate of a type
+    already set with new data is a change too."""
 
 
 class RelationshipHistoryResult(_Result, frozen=True, tag="relationship_history", rename={"from_": "from"}):
@@ -406,6 +409,8 @@ class RelationshipHistoryResult(_Result, frozen=True, tag="relationship_history"
     type_changes: list[TypeChange] = []
     """Relation types set and removed, in order (both modes: replayed from the events naming both)."""
     current_types: list[str] = []
+    current_type_data: dict[str, dict[str, Any]] = {}
+    """The data of each current type that has some."""
 
 
 class RoleOf(msgspec.Struct, frozen=True):
@@ -1476,17 +1481,23 @@ async def relationship_history(scope: Scope, query: RelationshipHistoryQuery) ->
     type_changes: list[TypeChange] = []
     for event, event_changes in zip(events, history, strict=True):
         for change in event_changes.changes:
-            if (
-                isinstance(change, RelationshipSet | RelationshipRemoved)
-                and (change.from_id, change.to_id) == (from_id, to_id)
-            ):
+            if isinstance(change, RelationshipSet | RelationshipRemoved) and (
+                change.from_id,
+                change.to_id,
+            ) == (from_id, to_id):
                 type_changes.append(TypeChange(
                     sequence=event.sequence, event_id=event.id, external_id=event.external_id,
                     kind=event.kind, summary=event.summary, type=change.type,
                     change="related" if isinstance(change, RelationshipSet) else "unrelated",
+                    data=change.data if isinstance(change, RelationshipSet) else None,
                 ))  # fmt: skip
     record = world.relationships.get(relationship_key(from_id, to_id)) if from_id and to_id else None
     current_types = sorted(record.types) if record is not None else []
+    current_type_data = (
+        {t: r.data for t, r in sorted(record.types.items()) if r.data is not None}
+        if record is not None
+        else {}
+    )
     if points is None:
         for event, event_changes in zip(events, history, strict=True):
             for change in event_changes.changes:
@@ -1513,6 +1524,7 @@ async def relationship_history(scope: Scope, query: RelationshipHistoryQuery) ->
     return RelationshipHistoryResult(
         answered_from=session.answered_from, unavailable=unavailable, from_=a.ref, to=b.ref, changes=changes,
         current=dict(sorted(current.items())), type_changes=type_changes, current_types=current_types,
+        current_type_data=current_type_data,
     )  # fmt: skip
 
 

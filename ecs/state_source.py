@@ -149,6 +149,7 @@ def state_from_world(state: WorldState, entity_id: str) -> EntityState | None:
                 other=other.name,
                 direction="outgoing" if outgoing else "incoming",
                 types=sorted(record.types),
+                type_data={t: r.data for t, r in sorted(record.types.items()) if r.data is not None},
                 valence={k: record.valence[k] for k in sorted(record.valence)},
                 sequence=record.updated_sequence,
                 event_id=None if latest is None else str(latest),
@@ -373,6 +374,9 @@ class EcsStateSource:
                     other=r.other.name,
                     direction=r.direction,
                     types=sorted(t.type for t in r.types),
+                    type_data={
+                        t.type: t.data for t in sorted(r.types, key=lambda t: t.type) if t.data is not None
+                    },
                     valence={k: r.valence[k] for k in sorted(r.valence)},
                     sequence=r.updated_sequence,
                     event_id=None if r.event_id is None else str(r.event_id),

@@ -97,6 +97,9 @@ class RelationFact(msgspec.Struct, frozen=True, kw_only=True):
     event_id: str | None = None
     """The event of ``sequence``: the relationship's latest change (a relation type set or
     removed, or a valence)."""
+    type_data: dict[str, dict[str, Any]] = {}
+    """What a ``relate`` said of a type, for the types that have data (``{"arrested": {"charge":
+    "embezzlement"}}``)."""
     valence_sources: dict[str, Citation] = {}
     """Per valence dimension, the event that last changed it: trust may date from a betrayal
     long after the affection it sits beside."""

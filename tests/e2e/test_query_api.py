@@ -299,10 +299,30 @@ async def test_relationship_history_has_the_relation_types_set_and_removed(
         (12, "sworn_ally", "related")
     ]
     assert sworn["current_types"] == ["sworn_ally"]
+    # What the relate said of the relation comes with it.
+    assert result["type_changes"][0]["data"] == {"wage": "one tenth of the salt"}
+    assert result["type_changes"][1]["data"] is None
+    assert sworn["current_type_data"] == {"sworn_ally": {"sworn_at": "Lantern Inn"}}
     replayed = await hybrid.answer(degraded, hybrid.RelationshipHistoryQuery(a="Oswin", b="Corvin"))
     assert isinstance(replayed, hybrid.RelationshipHistoryResult)
     assert [(c.sequence, c.type, c.change) for c in replayed.type_changes] == changes
+    assert replayed.type_changes[0].data == {"wage": "one tenth of the salt"}
     assert replayed.current_types == []
+    replayed_sworn = await hybrid.answer(degraded, hybrid.RelationshipHistoryQuery(a="Elara", b="Oswin"))
+    assert isinstance(replayed_sworn, hybrid.RelationshipHistoryResult)
+    assert replayed_sworn.current_type_data == {"sworn_ally": {"sworn_at": "Lantern Inn"}}
+
+
+@pytest.mark.parametrize("mode", ["full", "chronicle_only"])
+async def test_a_bundle_says_what_a_relate_said_of_the_relation(client, story: Story, mode) -> None:
+    response = await client.post(
+        f"/api/chronicles/{story.chronicle}/context",
+        json={"query": "Is Oswin sworn to Elara?", "mode": mode, "format": "json"}, headers=story.tenant.headers,
+    )  # fmt: skip
+    [oswin] = [s for s in response.json()["state"] if s["name"] == "Oswin"]
+    [to_elara] = [r for r in oswin["relationships"] if r["other"] == "Elara" and r["direction"] == "outgoing"]
+    assert to_elara["types"] == ["sworn_ally"]
+    assert to_elara["type_data"] == {"sworn_ally": {"sworn_at": "Lantern Inn"}}
 
 
 # ------------------------------------------------------------------------------------------------
