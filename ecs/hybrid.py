@@ -1424,6 +1424,12 @@ async def present_at(scope: Scope, query: PresentAtQuery) -> PresentAtResult:
             f"were considered, each placed by its own recent events ({session.reason})",
         ))  # fmt: skip
     members, truncated = found
+    if toward is not None:
+        # "Who at the keep trusts Elara?" is about the others there: Elara has no trust toward herself.
+        members = [
+            m for m in members
+            if not (m.entity.id == toward.id if toward.id is not None else m.entity.name == toward.name)
+        ]  # fmt: skip
     if truncated:
         unavailable.append(Unavailable("present", f"only the first {MAX_MEMBERS} entities are listed"))
     bounds = _bounds(query, dimension)
