@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Final, Literal, TypeVar, assert_never
 
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
@@ -67,6 +67,7 @@ from ecs.queries import (
     get_entity_core,
     list_entities,
     resolve_references,
+    state_at_story_time,
     valence_history,
 )
 from ecs.queries import state_as_of as replay_until
@@ -913,7 +914,7 @@ _SEQUENCE_REF: Final = re.compile(r"#?(\d{1,18})")
 
 
 MAX_LATER_IN_STORY: Final = 100
-"""At most this many sequences in ``later_in_story`` (all are left out of the state)."""
+"""At most this many sequences in ``later_in_story`` (all of them are left out of the state)."""
 
 
 async def _last_event(
@@ -934,30 +935,11 @@ async def _last_event(
     return None if row is None else _row_info(row)
 
 
-async def _replay_to(scope: Scope, sequence: int, occurred_by: dt.datetime | None = None) -> WorldState:
+async def _replay_to(scope: Scope, sequence: int) -> WorldState:
     if sequence <= 0:
         return WorldState(chronicle_id=str(scope.chronicle_id))
     async with scope.chronicle_engine.connect() as conn:
-        return await replay_until(conn, scope.tenant_id, scope.chronicle_id, sequence, occurred_by)
-
-
-async def _story_time_span(scope: Scope, occurred_by: dt.datetime) -> tuple[int, list[int]]:
-    """The last sequence of an event that had happened by ``occurred_by``, and the events recorded
-    before it that happen later (they are left out of a state at that time)."""
-    e = chronicle_events.c
-    async with scope.chronicle_engine.connect() as conn:
-        last = await conn.scalar(
-            select(func.max(e.sequence)).where(*_scoped(scope), e.occurred_at <= occurred_by)
-        )
-        if last is None:
-            return 0, []
-        later = await conn.scalars(
-            select(e.sequence)
-            .where(*_scoped(scope), e.sequence < last, e.occurred_at > occurred_by)
-            .order_by(e.sequence)
-            .limit(MAX_LATER_IN_STORY)
-        )
-        return int(last), list(later)
+        return await replay_until(conn, scope.tenant_id, scope.chronicle_id, sequence)
 
 
 def _replay_seeded(
@@ -1246,7 +1228,9 @@ async def event_participants(scope: Scope, query: EventParticipantsQuery) -> Eve
     session = _Session(scope)
     event = await _find_event(scope, query.event)
     if event is None:
-        raise UnknownReference("event", f"no event with id or external_id {query.event!r} in this chronicle")
+        raise UnknownReference(
+            "event", f"no event with id, external_id or sequence {query.event!r} in this chronicle"
+        )
     world = await _replay_to(scope, event.sequence)
     location, participants = _participants(world, event)
     ids = [p.entity.id for p in participants if p.entity.id is not None]
@@ -1426,9 +1410,11 @@ async def present_at(scope: Scope, query: PresentAtQuery) -> PresentAtResult:
     members, truncated = found
     if toward is not None:
         # "Who at the keep trusts Elara?" is about the others there: Elara has no trust toward herself.
+        toward_names = {toward.key, *toward.keys}
         members = [
             m for m in members
-            if not (m.entity.id == toward.id if toward.id is not None else m.entity.name == toward.name)
+            if not (m.entity.id == toward.id if m.entity.id is not None and toward.id is not None
+                    else normalize_name(m.entity.name) in toward_names)
         ]  # fmt: skip
     if truncated:
         unavailable.append(Unavailable("present", f"only the first {MAX_MEMBERS} entities are listed"))
@@ -1621,12 +1607,14 @@ async def state_as_of(scope: Scope, query: StateAsOfQuery) -> StateAsOfResult:
     later: list[int] = []
     if query.occurred_at is not None:
         event = await _last_event(scope, occurred_by=query.occurred_at)
-        sequence, later = await _story_time_span(scope, query.occurred_at)
+        async with scope.chronicle_engine.connect() as conn:
+            at_time = await state_at_story_time(conn, scope.tenant_id, scope.chronicle_id, query.occurred_at)
+        world, sequence, later = at_time.world, at_time.sequence, at_time.later_in_story[:MAX_LATER_IN_STORY]
     else:
         assert query.sequence is not None
         sequence = query.sequence
         event = await _last_event(scope, sequence=sequence)
-    world = await _replay_to(scope, sequence, occurred_by=query.occurred_at)
+        world = await _replay_to(scope, sequence)
     entity_id = None if subject.id is None else lookup(world, str(subject.id))
     if entity_id is None:
         entity_id = lookup(world, subject.name)

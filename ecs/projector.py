@@ -456,23 +456,41 @@ async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, seconds: float) ->
             waiter.cancel()
 
 
-def replay_in_story_order(events: Sequence[StoredEvent], chronicle_id: uuid.UUID) -> WorldState:
-    """Fold stored events (in sequence order) into a fresh state in story order: by ``occurred_at``,
-    an event with none right after the event recorded before it, ties in recorded order. Facts
+class StoryTimeState(msgspec.Struct, frozen=True):
+    """The world at a story time (see :func:`replay_to_story_time`)."""
+
+    world: WorldState
+    sequence: int
+    """The last event recorded that had happened by then (0: none)."""
+    later_in_story: list[int]
+    """Events recorded before ``sequence`` that happen after that story time."""
+
+
+def replay_to_story_time(
+    events: Sequence[StoredEvent], chronicle_id: uuid.UUID, occurred_by: dt.datetime
+) -> StoryTimeState:
+    """Fold the stored events (in sequence order) that had happened by ``occurred_by`` into a
+    fresh state, in story order: by ``occurred_at``, an event with none right after the event
+    recorded before it (one before any story time, at the start), ties in recorded order. Facts
     keep the sequences of the events that set them."""
     keyed = []
+    later: list[int] = []
     story_time: dt.datetime | None = None
     for event in events:
         story_time = event.occurred_at or story_time
-        keyed.append((story_time is not None, story_time or _DAWN, event.sequence, event))
+        if story_time is not None and story_time > occurred_by:
+            later.append(event.sequence)
+        else:
+            keyed.append((story_time is not None, story_time or _DAWN, event.sequence, event))
     state = WorldState(chronicle_id=str(chronicle_id))
     for *_, event in sorted(keyed, key=lambda k: k[:3]):
         # The reducer refuses an event older than its state (the projection's guard against
         # reordering); this replay reorders on purpose.
         state.last_sequence = None
         apply_event(state, to_chronicle_event(event))
-    state.last_sequence = max((e.sequence for e in events), default=None)
-    return state
+    last = max((sequence for _, _, sequence, _ in keyed), default=0)
+    state.last_sequence = last or None
+    return StoryTimeState(state, last, [sequence for sequence in later if sequence < last])
 
 
 _DAWN: Final = dt.datetime.min.replace(tzinfo=dt.UTC)

@@ -44,7 +44,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ecs.components import Holder, Position
 from ecs.criteria import FieldComparison, ValenceBound
-from ecs.projector import replay_in_story_order, replay_stored
+from ecs.projector import StoryTimeState, replay_stored, replay_to_story_time
 from ecs.reducer import Entity, Relationship, WorldState, inventory, location_of
 from ecs.schema import ecs_components, ecs_entities, ecs_relationships, ecs_valence_history
 from rag.events import (
@@ -1165,20 +1165,29 @@ async def event_headlines(
 
 
 async def state_as_of(
-    conn: AsyncConnection,
-    tenant_id: uuid.UUID,
-    chronicle_id: uuid.UUID,
-    sequence: int,
-    occurred_by: dt.datetime | None = None,
+    conn: AsyncConnection, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, sequence: int
 ) -> WorldState:
-    """The world state right after event ``sequence``, replayed from the chronicle's events.
+    """The world state right after event ``sequence``, replayed from the chronicle's events."""
+    state, _, _ = replay_stored(await _events_up_to(conn, tenant_id, chronicle_id, sequence), chronicle_id)
+    return state
 
-    ``occurred_by``: the state at that story time: the events up to ``sequence`` that had happened
-    by then, replayed in story order (a report entered late of something earlier is recorded after
-    what it precedes); an event with no story time happens right after the one recorded before it."""
+
+async def state_at_story_time(
+    conn: AsyncConnection, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, occurred_by: dt.datetime
+) -> StoryTimeState:
+    """The world state at a story time: what had happened by then, replayed in story order (a
+    report entered late of something earlier is recorded after what it precedes)."""
+    return replay_to_story_time(
+        await _events_up_to(conn, tenant_id, chronicle_id, None), chronicle_id, occurred_by
+    )
+
+
+async def _events_up_to(
+    conn: AsyncConnection, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, sequence: int | None
+) -> list[StoredEvent]:
     events: list[StoredEvent] = []
     after = 0
-    while after < sequence:
+    while sequence is None or after < sequence:
         page = await list_events(
             conn, tenant_id, chronicle_id, EventFilters(to_sequence=sequence), after_sequence=after,
             limit=REPLAY_PAGE,
@@ -1187,11 +1196,7 @@ async def state_as_of(
         if len(page) < REPLAY_PAGE:
             break
         after = page[-1].sequence
-    if occurred_by is not None:
-        happened = [e for e in events if e.occurred_at is None or e.occurred_at <= occurred_by]
-        return replay_in_story_order(happened, chronicle_id)
-    state, _, _ = replay_stored(events, chronicle_id)
-    return state
+    return events
 
 
 # ----------------------------------------------------------------------------------------------

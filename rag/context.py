@@ -692,7 +692,7 @@ def _status_set(event: StoredEvent, keys: set[str]) -> str | None:
     for effect in event.effects:
         op = effect.get("op")
         if op in ("status", "destroy") and normalize_name(str(effect.get("entity", ""))) in keys:
-            status = str(effect.get("status")).casefold() if op == "status" else "destroyed"
+            status = normalize_name(str(effect.get("status"))) if op == "status" else "destroyed"
     return status
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
+import uuid
 from typing import Any
 
 import msgspec
@@ -11,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ecs.components import COMPONENT_TYPES, Description, Health, Holder, Position, Status, Tags, Traits
+from ecs.projector import replay_to_story_time
 from ecs.reducer import (
     GENESIS_HASH,
     AliasAdded,
@@ -43,6 +46,7 @@ from ecs.reducer import (
     state_hash,
 )
 from rag.events import EventIn
+from rag.store import StoredEvent
 
 CHRONICLE = "chronicle-1"
 
@@ -978,3 +982,34 @@ def test_replay_is_deterministic_and_independent_of_batching(
         assert lookup(full, key) == target
     for rel in full.relationships.values():
         assert all(-1.0 <= v <= 1.0 for v in rel.valence.values())
+
+
+STORY_CHRONICLE = uuid.UUID(int=7)
+
+
+def _dated(sequence: int, hour: int | None, move_to: str) -> StoredEvent:
+    return StoredEvent(
+        id=uuid.UUID(int=sequence), chronicle_id=STORY_CHRONICLE, sequence=sequence, external_id=None, kind="event",
+        summary=f"to {move_to}", actors=[], location=None,
+        effects=[{"op": "move", "entity": "Ada", "to": move_to}],
+        occurred_at=None if hour is None else dt.datetime(2041, 3, 1, hour, tzinfo=dt.UTC),
+        recorded_at=dt.datetime(2041, 3, 2, tzinfo=dt.UTC), tags=[], importance=0.5,
+    )  # fmt: skip
+
+
+def test_a_story_time_replay_gives_an_undated_event_the_time_of_the_one_recorded_before_it() -> None:
+    events = [_dated(1, None, "Dock"), _dated(2, 1, "Vault"), _dated(3, 10, "Hangar"), _dated(4, None, "Lab"),
+              _dated(5, 2, "Mill")]  # fmt: skip
+    at_five = replay_to_story_time(events, STORY_CHRONICLE, dt.datetime(2041, 3, 1, 5, tzinfo=dt.UTC))
+    # 1 (before any time), 2 (01:00) and 5 (02:00, a late report) had happened; 3 and 4 (10:00) had not.
+    assert (at_five.sequence, at_five.later_in_story) == (5, [3, 4])
+    ada = lookup(at_five.world, "Ada")
+    assert ada is not None and location_of(at_five.world, ada) == lookup(at_five.world, "Mill")
+    at_eleven = replay_to_story_time(events, STORY_CHRONICLE, dt.datetime(2041, 3, 1, 11, tzinfo=dt.UTC))
+    # Everything, in story order: Dock, Vault, Mill (02:00), Hangar (10:00), Lab (right after it).
+    assert (at_eleven.sequence, at_eleven.later_in_story) == (5, [])
+    assert location_of(at_eleven.world, lookup(at_eleven.world, "Ada") or "") == lookup(
+        at_eleven.world, "Lab"
+    )
+    before = replay_to_story_time(events, STORY_CHRONICLE, dt.datetime(2041, 2, 1, tzinfo=dt.UTC))
+    assert (before.sequence, before.later_in_story) == (1, [])  # only the undated first event
