@@ -551,21 +551,30 @@ class ChronicleReplayStateSource:
         ]
 
     async def _replay_events_of(
-        self, conn: Any, keys: set[str], as_of_sequence: int | None, known: Sequence[KnownEntity]
+        self,
+        conn: Any,
+        keys: set[str],
+        as_of_sequence: int | None,
+        known: Sequence[KnownEntity],
+        holders: Sequence[set[str]] = (),
     ) -> tuple[WorldState, int, str | None]:
-        """Replay the most recent events that involve any of `keys` (bounded), oldest first, from
-        the seeded alias groups; also how many events that was, and the last holder the entity
-        of `keys` had in them (None: never held)."""
-        conditions = [*self._in_chronicle(), chronicle_events.c.entity_keys.overlap(sorted(keys))]
-        if as_of_sequence is not None:
-            conditions.append(chronicle_events.c.sequence <= as_of_sequence)
-        rows = await conn.execute(
-            select(chronicle_events.c.sequence)
-            .where(*conditions)
-            .order_by(chronicle_events.c.sequence.desc())
-            .limit(self.events_per_entity)
-        )
-        events = await events_at(conn, self.tenant_id, self.chronicle_id, [r[0] for r in rows])
+        """Replay the most recent events that involve `keys` (bounded), and those of each of
+        `holders` (each bounded on its own: a busy courier's events must not push the drive's own
+        out of the window), oldest first, from the seeded alias groups; also how many events that
+        was, and the last holder the entity of `keys` had in them (None: never held)."""
+        sequences: set[int] = set()
+        for group in (keys, *holders):
+            conditions = [*self._in_chronicle(), chronicle_events.c.entity_keys.overlap(sorted(group))]
+            if as_of_sequence is not None:
+                conditions.append(chronicle_events.c.sequence <= as_of_sequence)
+            rows = await conn.execute(
+                select(chronicle_events.c.sequence)
+                .where(*conditions)
+                .order_by(chronicle_events.c.sequence.desc())
+                .limit(self.events_per_entity)
+            )
+            sequences.update(row[0] for row in rows)
+        events = await events_at(conn, self.tenant_id, self.chronicle_id, sorted(sequences))
         world = seeded_world(str(self.chronicle_id), known)
         last_holder: str | None = None
         for event in events:
@@ -722,6 +731,7 @@ class ChronicleReplayStateSource:
                 # its last holder was then: follow the holder's events too, and its holder's (a
                 # drive in a case that someone carries), up to HOLDER_DEPTH holders.
                 replayed_keys, holder = set(keys), last_holder
+                holder_groups: list[set[str]] = []
                 for _ in range(HOLDER_DEPTH):
                     if holder is None or holder not in world.entities:
                         break
@@ -730,8 +740,9 @@ class ChronicleReplayStateSource:
                     if holder_keys <= replayed_keys:
                         break
                     replayed_keys |= holder_keys
+                    holder_groups.append(holder_keys)
                     world, _, _ = await self._replay_events_of(
-                        conn, replayed_keys, as_of_sequence, known_list
+                        conn, keys, as_of_sequence, known_list, holders=holder_groups
                     )
                     entity_id = next((world.names[k] for k in sorted(keys) if k in world.names), entity_id)
                     holder_id = next((world.names[k] for k in sorted(holder_keys) if k in world.names), None)

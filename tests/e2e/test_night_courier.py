@@ -13,8 +13,11 @@ the Hangar (15).
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
+from ecs.state_source import ChronicleReplayStateSource
 from tests.e2e.stories import PostedStory, post_story
 
 DAY = "2041-03-01T"
@@ -219,3 +222,14 @@ async def test_a_place_named_by_its_alias_is_the_same_place(client, story: Poste
     items = {h["sequence"]: h for h in bundle["history"] + bundle["recent"]}
     assert (items[13]["superseded"], items[13]["superseded_note"]) == (False, None)  # Bay Four is the Hangar
     assert items[14]["superseded_note"] == "earlier: Mara Okafor at Dock; now: Mara Okafor at Hangar"
+
+
+async def test_the_degraded_replay_windows_each_holder_on_its_own(engine, story: PostedStory) -> None:
+    """Three events per entity: Mara's own (5, 7, 8) must not push out the drive's (1, 2)."""
+    source = ChronicleReplayStateSource(
+        engine, story.tenant.id, uuid.UUID(story.chronicle), events_per_entity=3, chronicle_sequence=10
+    )
+    [drive] = await source.entity_states(["data drive"], as_of_sequence=10)
+    assert drive.holder is not None and drive.holder.value == "Black Case"
+    assert drive.carried_by == ["Mara Okafor"]
+    assert drive.location is not None and (drive.location.value, drive.location.sequence) == ("Hangar", 8)
