@@ -89,6 +89,7 @@ from ecs.state_source import (
     PRESENCE_SCAN_EVENTS,
     ChronicleReplayStateSource,
     EcsStateSource,
+    cite_relationships,
     state_from_world,
 )
 from rag.context import EntityState
@@ -1619,6 +1620,9 @@ async def state_as_of(scope: Scope, query: StateAsOfQuery) -> StateAsOfResult:
     if entity_id is None:
         entity_id = lookup(world, subject.name)
     state = None if entity_id is None else state_from_world(world, entity_id)
+    if state is not None:
+        async with scope.chronicle_engine.connect() as conn:
+            [state] = await cite_relationships(conn, scope.tenant_id, scope.chronicle_id, [state])
     ref = subject.ref if entity_id is None else Ref(uuid.UUID(entity_id), world.entities[entity_id].name)
     # The state is a replay of the chronicle whether ECS is up or not, with the ECS's own ids.
     return StateAsOfResult(

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import msgspec
 from sqlalchemy import bindparam, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from ecs.cache import EntityCache
@@ -91,12 +91,15 @@ def _uncited(state: EntityState) -> list[int]:
     ]
 
 
-async def _cite_relationships(
-    conn: Any, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, states: list[EntityState]
+async def cite_relationships(
+    conn: AsyncConnection, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, states: list[EntityState]
 ) -> list[EntityState]:
     """Each relationship cited with the event of its ``sequence`` (its latest change: a relation
-    type set or removed, or a valence), so that ``sequence`` and ``event_id`` name one event."""
+    type set or removed, or a valence), so that ``sequence`` and ``event_id`` name one event; one
+    read of the chronicle, and none when every relationship is cited already."""
     wanted = sorted({sequence for state in states for sequence in _uncited(state)})
+    if not wanted:
+        return states
     rows = await conn.execute(
         select(chronicle_events.c.sequence, chronicle_events.c.id).where(
             chronicle_events.c.tenant_id == tenant_id,
@@ -325,8 +328,8 @@ class EcsStateSource:
         states = [self._from_view(view, provenance) for view in views]
         if not any(_uncited(s) for s in states):
             return states
-        async with self.chronicle_engine.connect() as conn:
-            return await _cite_relationships(conn, self.tenant_id, self.chronicle_id, states)
+        async with self.chronicle_engine.connect() as chronicle:
+            return await cite_relationships(chronicle, self.tenant_id, self.chronicle_id, states)
 
     async def _provenance(
         self, conn: Any, entity_ids: list[uuid.UUID]
@@ -406,7 +409,9 @@ class EcsStateSource:
     async def replayed(self, entity_ids: Sequence[str], as_of_sequence: int) -> list[EntityState]:
         """The entities as they were at `as_of_sequence`, replayed from the chronicle."""
         state = await self._world_as_of(as_of_sequence)
-        return [s for i in entity_ids if (s := state_from_world(state, i)) is not None]
+        found = [s for i in entity_ids if (s := state_from_world(state, i)) is not None]
+        async with self.chronicle_engine.connect() as chronicle:
+            return await cite_relationships(chronicle, self.tenant_id, self.chronicle_id, found)
 
     async def _world_as_of(self, as_of_sequence: int) -> WorldState:
         """The chronicle replayed to `as_of_sequence`, once per source (one request): the focus
@@ -751,9 +756,7 @@ class ChronicleReplayStateSource:
                 state = state_from_world(world, entity_id)
                 if state is not None:
                     states.append(msgspec.structs.replace(state, id=key))
-            if any(_uncited(s) for s in states):
-                states = await _cite_relationships(conn, self.tenant_id, self.chronicle_id, states)
-        return states
+            return await cite_relationships(conn, self.tenant_id, self.chronicle_id, states)
 
 
 HOLDER_DEPTH: Final = 4

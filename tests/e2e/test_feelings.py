@@ -118,6 +118,12 @@ async def test_each_valence_is_cited_with_the_event_that_last_changed_it(client,
     to_hesper = relation(lisbet, "Hesper Vane", "outgoing")
     assert (to_hesper["types"], to_hesper["valence"]) == (["sworn_friend"], {})
     assert (to_hesper["sequence"], to_hesper["event_id"]) == (8, story.event_at[8])
+    # The same in a past state, and in state_as_of.
+    [then] = [s for s in (await context(client, story, query="Is Lisbet still Hesper's friend?", mode=mode,
+                                        as_of_sequence=9, format="json"))["state"] if s["name"] == "Lisbet Crow"]  # fmt: skip
+    assert relation(then, "Hesper Vane", "outgoing")["event_id"] == story.event_at[8]
+    past = await story.query(client, type="state_as_of", entity="Lisbet Crow", sequence=9)
+    assert relation(past["state"], "Hesper Vane", "outgoing")["event_id"] == story.event_at[8]
 
 
 async def test_the_entity_view_cites_each_valence_too(client, story: Story) -> None:
