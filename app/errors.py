@@ -97,6 +97,15 @@ def bad_parameter(field: str, message: str) -> ProblemError:
     )  # fmt: skip
 
 
+def invalid_parameter(field: str, message: str) -> ProblemError:
+    """A 422 for a value of the right type that cannot be honoured (a template that does not exist,
+    an ``as_of_sequence`` after the last event)."""
+    return ProblemError(
+        422, "Invalid request", f"{field}: {message}", problem_type="invalid-request",
+        errors=[FieldError(field=field, message=message)],
+    )  # fmt: skip
+
+
 def invalid_events(errors: list[FieldError]) -> ProblemError:
     """A 422 naming each event (index) and field a batch was refused for."""
     detail = "; ".join(f"event {e.index}: {e.field}: {e.message}" for e in errors)

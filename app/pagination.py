@@ -10,7 +10,11 @@ import msgspec
 
 from app.errors import bad_parameter
 
-__all__ = ["decode_cursor", "encode_cursor"]
+__all__ = ["MAX_SEQUENCE", "decode_cursor", "encode_cursor"]
+
+MAX_SEQUENCE = 2**63 - 1
+"""Sequences are PostgreSQL bigints: a larger number in a parameter or cursor is refused as that
+parameter's error, not left to fail in the driver."""
 
 
 def encode_cursor(position: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from app.database import translate_database_errors
 from app.dependencies import ServicesDep, TenantId
 from app.errors import FieldError, bad_parameter, invalid_events, not_found
-from app.pagination import decode_cursor, encode_cursor
+from app.pagination import MAX_SEQUENCE, decode_cursor, encode_cursor
 from app.schemas import (
     ActorOut,
     ChronicleCreate,
@@ -52,7 +52,7 @@ class _ChronicleCursor(msgspec.Struct, frozen=True):
 
 
 class _EventCursor(msgspec.Struct, frozen=True):
-    s: Annotated[int, msgspec.Meta(ge=0)]
+    s: Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQUENCE)]
 
 
 def _chronicle_out(row: ChronicleRow) -> ChronicleOut:
@@ -180,8 +180,8 @@ class ChronicleController(Controller):
         cursor: Annotated[str | None, QueryParameter(max_length=1000)] = None,
         actor: Annotated[str | None, QueryParameter(max_length=200)] = None,
         kind: Annotated[str | None, QueryParameter(max_length=100)] = None,
-        from_sequence: Annotated[int | None, QueryParameter(ge=0)] = None,
-        to_sequence: Annotated[int | None, QueryParameter(ge=0)] = None,
+        from_sequence: Annotated[int | None, QueryParameter(ge=0, le=MAX_SEQUENCE)] = None,
+        to_sequence: Annotated[int | None, QueryParameter(ge=0, le=MAX_SEQUENCE)] = None,
         occurred_after: FromQuery[dt.datetime | None] = None,
         occurred_before: FromQuery[dt.datetime | None] = None,
     ) -> EventPage:

@@ -18,7 +18,7 @@ from litestar.params import FromPath, JSONBody
 
 from app.database import translate_database_errors
 from app.dependencies import ServicesDep, TenantId
-from app.errors import FieldError, ProblemError, not_found
+from app.errors import invalid_parameter, not_found
 from app.services import Services
 from ecs.guard import GuardedEcsSource, check_staleness, is_ecs_failure
 from ecs.state_source import ChronicleReplayStateSource, EcsStateSource
@@ -57,30 +57,25 @@ class ContextIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     """False gives retrieval only, no state (the evaluation harness's `hybrid` baseline)."""
 
 
-def _invalid(field: str, message: str) -> ProblemError:
-    return ProblemError(422, "Invalid request", f"{field}: {message}", problem_type="invalid-request",
-                        errors=[FieldError(field=field, message=message)])  # fmt: skip
-
-
 async def build_bundle(
     services: Services, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, data: ContextIn
 ) -> Bundle:
     try:
         preset = get_preset(data.preset)
     except KeyError:
-        raise _invalid(
+        raise invalid_parameter(
             "preset", f"unknown preset {data.preset!r}; available: {', '.join(sorted(PRESETS))}"
         ) from None
     try:
         services.templates.resolve(data.template)
     except UnknownTemplate as error:
-        raise _invalid("template", str(error).strip("'\"")) from None
+        raise invalid_parameter("template", str(error).strip("'\"")) from None
     async with translate_database_errors(), without_transaction(services.engine).connect() as conn:
         chronicle = await get_chronicle(conn, tenant_id, chronicle_id)
     if chronicle is None:
         raise not_found("chronicle", chronicle_id)
     if data.as_of_sequence is not None and data.as_of_sequence > chronicle.last_sequence:
-        raise _invalid(
+        raise invalid_parameter(
             "as_of_sequence",
             f"{data.as_of_sequence} is after the chronicle's last event (#{chronicle.last_sequence})",
         )
@@ -247,7 +242,7 @@ class ContextController(Controller):
         try:
             bundle = await build_bundle(services, tenant_id, chronicle_id, data)
         except UnknownPointOfView as error:
-            raise _invalid("pov", str(error)) from None
+            raise invalid_parameter("pov", str(error)) from None
         finally:
             services.contexts_in_flight -= 1
         if data.format == "text":

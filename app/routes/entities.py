@@ -16,8 +16,8 @@ from litestar.params import FromPath, QueryParameter
 
 from app.database import translate_database_errors
 from app.dependencies import ServicesDep, TenantId
-from app.errors import ProblemError, bad_parameter, not_found
-from app.pagination import decode_cursor, encode_cursor
+from app.errors import FieldError, ProblemError, bad_parameter, invalid_parameter, not_found
+from app.pagination import MAX_SEQUENCE, decode_cursor, encode_cursor
 from app.schemas import ActorOut, EventOut, EventPage
 from app.services import Services
 from ecs.criteria import FieldComparison, ValenceBound, parse_comparison, parse_valence
@@ -64,6 +64,7 @@ AsOf = Annotated[
     int | None,
     QueryParameter(
         ge=0,
+        le=MAX_SEQUENCE,
         description="Read the state right after this event sequence, replayed from the chronicle.",
     ),
 ]
@@ -111,18 +112,18 @@ class InteractionsPage(msgspec.Struct, frozen=True):
 
 
 class _EntityCursor(msgspec.Struct, frozen=True):
-    s: Annotated[int, msgspec.Meta(ge=0)]
+    s: Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQUENCE)]
     id: uuid.UUID
 
 
 class _EdgeCursor(msgspec.Struct, frozen=True):
-    s: Annotated[int, msgspec.Meta(ge=0)]
+    s: Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQUENCE)]
     f: uuid.UUID
     t: uuid.UUID
 
 
 class _SequenceCursor(msgspec.Struct, frozen=True):
-    s: Annotated[int, msgspec.Meta(ge=0)]
+    s: Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQUENCE)]
 
 
 def _event_out(event: StoredEvent) -> EventOut:
@@ -168,17 +169,36 @@ def _names(values: list[str] | None, field: str) -> tuple[str, ...]:
 
 
 async def _require_chronicle(
-    services: Services, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, *, current: bool = False
+    services: Services,
+    tenant_id: uuid.UUID,
+    chronicle_id: uuid.UUID,
+    *,
+    current: bool = False,
+    as_of_sequence: int | None = None,
 ) -> None:
     """404 unless the tenant has this chronicle; `current`: the caller reads the present state, so
-    events appended just before must be projected first."""
+    events appended just before must be projected first. An `as_of_sequence` after the last event
+    is a 422, as in context requests: that past has not happened yet."""
     async with translate_database_errors(), services.engine.connect() as conn:
         chronicle = await get_chronicle(conn, tenant_id, chronicle_id)
     if chronicle is None:
         raise not_found("chronicle", chronicle_id)
+    if as_of_sequence is not None and as_of_sequence > chronicle.last_sequence:
+        raise invalid_parameter(
+            "as_of_sequence",
+            f"{as_of_sequence} is after the chronicle's last event (#{chronicle.last_sequence})",
+        )
     if current:
         async with translate_database_errors():
             await services.ensure_projected(chronicle_id, chronicle.last_sequence)
+
+
+def _unknown_end(field: str, ref: str) -> ProblemError:
+    message = f"no entity {ref!r} in this chronicle"
+    return ProblemError(
+        404, "Not found", f"{field}: {message}", problem_type="not-found",
+        errors=[FieldError(field=field, message=message)],
+    )  # fmt: skip
 
 
 async def _resolve(
@@ -254,7 +274,9 @@ class EntityController(Controller):
         if cursor is not None:
             position = decode_cursor(cursor, _EntityCursor)
             after = (position.s, position.id)
-        await _require_chronicle(services, tenant_id, chronicle_id, current=as_of_sequence is None)
+        await _require_chronicle(
+            services, tenant_id, chronicle_id, current=as_of_sequence is None, as_of_sequence=as_of_sequence
+        )
         filters = EntityFilters(
             kind=kind,
             location_id=await _resolve(services, tenant_id, chronicle_id, location, "location"),
@@ -296,6 +318,7 @@ class EntityController(Controller):
         if as_of_sequence is None:
             async with translate_database_errors(), services.ecs_engine.connect() as conn:
                 return await complete_view(conn, core)
+        await _require_chronicle(services, tenant_id, core.chronicle_id, as_of_sequence=as_of_sequence)
         async with translate_database_errors(), services.engine.connect() as conn:
             state = await state_as_of(conn, tenant_id, core.chronicle_id, as_of_sequence)
         view = entity_view_from_state(state, entity_id)
@@ -428,14 +451,15 @@ class EntityController(Controller):
         tenant_id: TenantId,
         dimension: Annotated[str | None, QueryParameter(max_length=100)] = None,
     ) -> RelationshipHistory:
-        await _require_chronicle(services, tenant_id, chronicle_id)
+        # Read-your-writes, like the other current-state reads: a change posted just before is in.
+        await _require_chronicle(services, tenant_id, chronicle_id, current=True)
         async with translate_database_errors(), services.ecs_engine.connect() as conn:
             source = await find_entity(conn, tenant_id, chronicle_id, a)
             if source is None:
-                raise not_found("entity", repr(a))
+                raise _unknown_end("a", a)
             target = await find_entity(conn, tenant_id, chronicle_id, b)
             if target is None:
-                raise not_found("entity", repr(b))
+                raise _unknown_end("b", b)
             points = await valence_history(conn, tenant_id, chronicle_id, source.id, target.id, dimension)
         async with translate_database_errors(), services.engine.connect() as conn:
             headlines = await event_headlines(conn, tenant_id, chronicle_id, [p.event_id for p in points])
