@@ -97,7 +97,7 @@ from rag.events import Effect, TransferEffect, normalize_name
 from rag.outages import is_unavailable_error
 from rag.query_analysis import KnownEntity, name_words
 from rag.schema import chronicle_events
-from rag.store import StoredEvent
+from rag.store import StoredEvent, get_chronicle
 
 __all__ = [
     "MAX_EVENTS",
@@ -1614,6 +1614,12 @@ async def state_as_of(scope: Scope, query: StateAsOfQuery) -> StateAsOfResult:
     else:
         assert query.sequence is not None
         sequence = query.sequence
+        async with scope.chronicle_engine.connect() as conn:
+            chronicle = await get_chronicle(conn, scope.tenant_id, scope.chronicle_id)
+        if chronicle is not None and sequence > chronicle.last_sequence:
+            raise InvalidQuery(
+                "sequence", f"{sequence} is after the chronicle's last event (#{chronicle.last_sequence})"
+            )
         event = await _last_event(scope, sequence=sequence)
         world = await _replay_to(scope, sequence)
     entity_id = None if subject.id is None else lookup(world, str(subject.id))

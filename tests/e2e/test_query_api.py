@@ -479,6 +479,7 @@ async def test_unknown_references_are_404_naming_the_field(client, story: Story,
         ({"type": "state_as_of", "entity": "Bram", "sequence": 3, "occurred_at": "2025-11-04T22:00:00Z"},
          "occurred_at"),
         ({"type": "state_as_of", "entity": "Bram", "sequence": -1}, "sequence"),
+        ({"type": "state_as_of", "entity": "Bram", "sequence": 41}, "sequence"),  # 40 events so far
         ({"type": "state_as_of", "entity": "Bram", "occurred_at": "2025-11-04T22:00:00"}, "occurred_at"),
     ],
 )  # fmt: skip
