@@ -63,7 +63,7 @@ from rag.events import (
     normalize_name,
 )
 from rag.schema import chronicle_events
-from rag.store import EVENT_COLUMNS, EventFilters, StoredEvent, list_events
+from rag.store import EVENT_COLUMNS, EventFilters, StoredEvent, event_ids_at, list_events
 
 __all__ = [
     "Direction",
@@ -150,7 +150,8 @@ class RelationshipView(msgspec.Struct, frozen=True):
     created_sequence: int
     updated_sequence: int
     event_id: uuid.UUID | None = None
-    """The event that last changed a valence of the record (None: only relation types set)."""
+    """The event of ``updated_sequence``: the latest change, a relation type set or removed or a
+    valence (the entity endpoint fills it in with ``cite_relationship_views``)."""
     valence_sources: dict[str, ValenceSource] = {}
     """Per valence dimension, the event that last changed it."""
 
@@ -700,6 +701,25 @@ def entity_view_from_state(state: WorldState, entity_id: str | uuid.UUID) -> Ent
         updated_event_id=uuid.UUID(entity.updated_event_id),
         carried_by=[EntityRef(uuid.UUID(e.id), e.name) for e in holder_chain(state, key)[1:]],
     )
+
+
+async def cite_relationship_views(
+    conn: AsyncConnection, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, view: EntityView
+) -> EntityView:
+    """The view with each relationship cited by the event of its ``updated_sequence`` (a relation
+    type set or removed, or a valence), as context bundles cite it; ``conn`` reads the chronicle."""
+
+    def uncited(r: RelationshipView) -> bool:
+        return not any(s.sequence == r.updated_sequence for s in r.valence_sources.values())
+
+    wanted = [r.updated_sequence for r in view.relationships if uncited(r)]
+    if not wanted:
+        return view
+    event_of = await event_ids_at(conn, tenant_id, chronicle_id, wanted)
+    return msgspec.structs.replace(view, relationships=[
+        msgspec.structs.replace(r, event_id=event_of.get(r.updated_sequence, r.event_id)) if uncited(r) else r
+        for r in view.relationships
+    ])  # fmt: skip
 
 
 def holder_chain(state: WorldState, entity_id: str) -> list[Entity]:

@@ -51,7 +51,7 @@ from rag.context import Citation, EntityState, Fact, Present, RelationFact
 from rag.events import normalize_name
 from rag.query_analysis import KnownEntity
 from rag.schema import chronicle_events
-from rag.store import events_at, events_up_to
+from rag.store import event_ids_at, events_at, events_up_to
 
 __all__ = [
     "ChronicleReplayStateSource",
@@ -100,14 +100,10 @@ async def cite_relationships(
     wanted = sorted({sequence for state in states for sequence in _uncited(state)})
     if not wanted:
         return states
-    rows = await conn.execute(
-        select(chronicle_events.c.sequence, chronicle_events.c.id).where(
-            chronicle_events.c.tenant_id == tenant_id,
-            chronicle_events.c.chronicle_id == chronicle_id,
-            chronicle_events.c.sequence.in_(wanted),
-        )
-    )
-    event_of = {row.sequence: str(row.id) for row in rows}
+    event_of = {
+        sequence: str(event_id)
+        for sequence, event_id in (await event_ids_at(conn, tenant_id, chronicle_id, wanted)).items()
+    }
     return [
         msgspec.structs.replace(
             state,

@@ -40,6 +40,7 @@ __all__ = [
     "chronicle_heads",
     "claim_embedding_space",
     "create_chronicle",
+    "event_ids_at",
     "events_at",
     "events_up_to",
     "existing_external_ids",
@@ -650,6 +651,22 @@ async def events_named(
 async def refresh_statistics(conn: AsyncConnection) -> None:
     """ANALYZE the event log after a bulk load, so that searches use their indexes at once."""
     await conn.execute(text("ANALYZE chronicle_events"))
+
+
+async def event_ids_at(
+    conn: AsyncConnection, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, sequences: Sequence[int]
+) -> dict[int, uuid.UUID]:
+    """The ids of the events at these sequences (what a fact known by its sequence cites)."""
+    if not sequences:
+        return {}
+    rows = await conn.execute(
+        select(chronicle_events.c.sequence, chronicle_events.c.id).where(
+            chronicle_events.c.tenant_id == tenant_id,
+            chronicle_events.c.chronicle_id == chronicle_id,
+            chronicle_events.c.sequence.in_(sorted(set(sequences))),
+        )
+    )
+    return {row.sequence: row.id for row in rows}
 
 
 async def events_at(

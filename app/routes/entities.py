@@ -34,6 +34,7 @@ from ecs.queries import (
     Interactant,
     InteractionEvent,
     build_interactions,
+    cite_relationship_views,
     complete_view,
     entity_event_keys,
     entity_view_from_state,
@@ -317,17 +318,19 @@ class EntityController(Controller):
         core = await _entity_core(services, tenant_id, entity_id)
         if as_of_sequence is None:
             async with translate_database_errors(), services.ecs_engine.connect() as conn:
-                return await complete_view(conn, core)
-        await _require_chronicle(services, tenant_id, core.chronicle_id, as_of_sequence=as_of_sequence)
-        async with translate_database_errors(), services.engine.connect() as conn:
-            state = await state_as_of(conn, tenant_id, core.chronicle_id, as_of_sequence)
-        view = entity_view_from_state(state, entity_id)
+                view: EntityView | None = await complete_view(conn, core)
+        else:
+            await _require_chronicle(services, tenant_id, core.chronicle_id, as_of_sequence=as_of_sequence)
+            async with translate_database_errors(), services.engine.connect() as conn:
+                state = await state_as_of(conn, tenant_id, core.chronicle_id, as_of_sequence)
+            view = entity_view_from_state(state, entity_id)
         if view is None:
             raise ProblemError(
                 404, "Not found", f"entity {entity_id} did not exist yet at sequence {as_of_sequence}",
                 problem_type="not-found",
             )  # fmt: skip
-        return view
+        async with translate_database_errors(), services.engine.connect() as conn:
+            return await cite_relationship_views(conn, tenant_id, core.chronicle_id, view)
 
     @get(
         "/entities/{entity_id:uuid}/timeline",

@@ -124,6 +124,18 @@ async def test_each_valence_is_cited_with_the_event_that_last_changed_it(client,
     assert relation(then, "Hesper Vane", "outgoing")["event_id"] == story.event_at[8]
     past = await story.query(client, type="state_as_of", entity="Lisbet Crow", sequence=9)
     assert relation(past["state"], "Hesper Vane", "outgoing")["event_id"] == story.event_at[8]
+    # And the entity view cites it the same way, now and in the past.
+    lisbet_id = next(f["id"] for f in (await context(client, story, query="Lisbet", format="json"))["focus"])
+    for params in ({}, {"as_of_sequence": 9}):
+        view = (
+            await client.get(f"/api/entities/{lisbet_id}", params=params, headers=story.tenant.headers)
+        ).json()
+        [to_her] = [
+            r
+            for r in view["relationships"]
+            if r["other"]["name"] == "Hesper Vane" and r["direction"] == "outgoing"
+        ]
+        assert (to_her["updated_sequence"], to_her["event_id"]) == (8, story.event_at[8]), params
 
 
 async def test_the_entity_view_cites_each_valence_too(client, story: Story) -> None:
