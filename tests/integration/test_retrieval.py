@@ -541,7 +541,18 @@ async def test_filtered_vector_search_returns_k_rows_with_iterative_scan(engine,
     # is approximate in both modes (CI once saw the 10th differ), so the sets are compared by recall.
     assert [h.score for h in strict] == sorted((h.score for h in strict), reverse=True)
     assert strict[0].event_id == relaxed[0].event_id
-    assert len({h.event_id for h in strict} & {h.event_id for h in relaxed}) >= 8
+    # Each against the exact ten nearest of the story (cosine over its stored vectors): the two
+    # approximate walks of a graph that the whole suite's events shape may differ at the edge by
+    # more than either differs from the truth (CI once saw 7 shared).
+    async with engine.connect() as conn:
+        rows = (await conn.execute(
+            select(chronicle_events.c.id, chronicle_events.c.embedding)
+            .where(chronicle_events.c.chronicle_id == story.chronicle_id)
+        )).all()  # fmt: skip
+    similarity = {row.id: float(np.dot(np.asarray(row.embedding), anchor)) for row in rows}
+    exact = set(sorted(similarity, key=lambda i: -similarity[i])[:10])
+    for found in (relaxed, strict):
+        assert len({h.event_id for h in found} & exact) >= 8
     # Without the iterative scan the index returns its ef_search nearest rows, all of them the
     # other tenant's, and the filter leaves (observed) none.
     assert len(await search("off", force_hnsw=True)) < 10
