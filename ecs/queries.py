@@ -448,7 +448,9 @@ _HOLDS: Final = or_(
     ecs_relationships.c.valence != literal_column("'{}'::jsonb"),
 )
 """A relationship record that still says something: every relation type removed and no valence
-left (an unrelate) is no relationship, though the record stays for its history."""
+left (an unrelate) is no relationship for the graph, the filters and the entity view, though the
+record stays for its history (a context bundle shows it as ended, cited with the event that ended
+it: the answer to "are they still allies?")."""
 
 
 def holds(record: Relationship) -> bool:
@@ -479,7 +481,6 @@ _RELATIONSHIPS: Final = (
             ecs_relationships.c.from_id.in_(bindparam("ids", expanding=True)),
             ecs_relationships.c.to_id.in_(bindparam("ids", expanding=True)),
         ),
-        _HOLDS,
     )
 )
 
@@ -678,7 +679,7 @@ def entity_view_from_state(state: WorldState, entity_id: str | uuid.UUID) -> Ent
     relationships = []
     for record in state.relationships.values():
         for direction, end in (("outgoing", record.from_id), ("incoming", record.to_id)):
-            if end == key and holds(record):
+            if end == key:
                 view = _relationship_view(state, record, direction)  # type: ignore[arg-type]
                 if view is not None:
                     relationships.append(view)

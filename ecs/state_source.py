@@ -29,7 +29,6 @@ from ecs.queries import (
     complete_views,
     get_entity_core,
     holder_chain,
-    holds,
     latest_event,
     list_entities,
     valence_sources,
@@ -137,7 +136,7 @@ def state_from_world(state: WorldState, entity_id: str) -> EntityState | None:
     for record in sorted(
         state.relationships.values(), key=lambda r: (r.created_sequence, r.from_id, r.to_id)
     ):
-        if entity_id not in (record.from_id, record.to_id) or not holds(record):
+        if entity_id not in (record.from_id, record.to_id):
             continue
         outgoing = record.from_id == entity_id
         other = state.entities[record.to_id if outgoing else record.from_id]

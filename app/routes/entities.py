@@ -194,6 +194,13 @@ async def _require_chronicle(
             await services.ensure_projected(chronicle_id, chronicle.last_sequence)
 
 
+def _without_ended(view: EntityView) -> EntityView:
+    """An ended relationship (every type removed, no valence) is not listed, as in the graph and
+    the filters; context bundles show it as ended, cited with the event that ended it."""
+    ongoing = [r for r in view.relationships if r.types or r.valence]
+    return msgspec.structs.replace(view, relationships=ongoing)
+
+
 def _unknown_end(field: str, ref: str) -> ProblemError:
     message = f"no entity {ref!r} in this chronicle"
     return ProblemError(
@@ -329,8 +336,13 @@ class EntityController(Controller):
                 404, "Not found", f"entity {entity_id} did not exist yet at sequence {as_of_sequence}",
                 problem_type="not-found",
             )  # fmt: skip
+        # An ended relationship (every type removed, no valence) is not listed here, as in the
+        # graph; context bundles show it as ended.
+        view = msgspec.structs.replace(
+            view, relationships=[r for r in view.relationships if r.types or r.valence]
+        )
         async with translate_database_errors(), services.engine.connect() as conn:
-            return await cite_relationship_views(conn, tenant_id, core.chronicle_id, view)
+            return await cite_relationship_views(conn, tenant_id, core.chronicle_id, _without_ended(view))
 
     @get(
         "/entities/{entity_id:uuid}/timeline",

@@ -206,15 +206,15 @@ async def test_as_of_a_sequence_later_changes_do_not_count(client, story: Story,
     assert (item["superseded"], item["superseded_note"]) == (False, None)
 
 
-async def test_a_relation_with_nothing_left_is_no_relationship(client, story: Story) -> None:
+async def test_a_relation_with_nothing_left_is_ended_not_drawn(client, story: Story) -> None:
     for mode in MODES:
         bundle = await context(client, story, query="What happened in #10?", focus=["Hesper Vane"], mode=mode)
         [hesper] = [s for s in bundle["state"] if s["name"] == "Hesper Vane"]
-        assert [
-            (r["other"], r["direction"]) for r in hesper["relationships"] if r["other"] == "Doran Pike"
-        ] == [
-            ("Doran Pike", "outgoing")  # her trust and affection toward him; nothing from him
-        ], mode
+        from_doran = relation(hesper, "Doran Pike", "incoming")
+        # In a bundle it is shown as ended, cited with the event that ended it ("is he still her
+        # guard?" is answered); the text leaves it out.
+        assert (from_doran["types"], from_doran["valence"]) == ([], {}), mode
+        assert (from_doran["sequence"], from_doran["event_id"]) == (11, story.event_at[11]), mode
         assert items_by_sequence(bundle)[10]["superseded_note"] == (
             "earlier: Doran Pike sworn_guard Hesper Vane; now: no longer"
         ), mode
