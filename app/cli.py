@@ -668,7 +668,8 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
             event = msgspec.json.decode(line, type=EventIn)
         except (msgspec.ValidationError, msgspec.DecodeError) as error:
             raise CliError(f"{args.file}:{number}: {error}; nothing was ingested") from None
-        for field, reason in refused_values(event.effects):
+        if problems := refused_values(event.effects):
+            field, reason = problems[0]
             raise CliError(f"{args.file}:{number}: {field}: {reason}; nothing was ingested")
         events.append(event)
 

@@ -68,6 +68,7 @@ from ecs.queries import (
     list_entities,
     resolve_references,
     state_at_story_time,
+    type_data,
     valence_history,
 )
 from ecs.queries import state_as_of as replay_until
@@ -97,7 +98,7 @@ from rag.events import Effect, TransferEffect, normalize_name
 from rag.outages import is_unavailable_error
 from rag.query_analysis import KnownEntity, name_words
 from rag.schema import chronicle_events
-from rag.store import StoredEvent, get_chronicle
+from rag.store import StoredEvent, events_at, get_chronicle
 
 __all__ = [
     "MAX_EVENTS",
@@ -901,13 +902,8 @@ async def _find_event(scope: Scope, ref: str) -> StoredEvent | None:
         sequence = _SEQUENCE_REF.fullmatch(ref.strip())
         if row is None and sequence is not None:
             # "#48", as the templates print it (an external id "48" came first).
-            row = (
-                await conn.execute(
-                    select(*_STORED_COLUMNS).where(
-                        *_scoped(scope), chronicle_events.c.sequence == int(sequence.group(1))
-                    )
-                )
-            ).first()
+            found = await events_at(conn, scope.tenant_id, scope.chronicle_id, [int(sequence.group(1))])
+            return found[0] if found else None
     return None if row is None else StoredEvent(**row._mapping)
 
 
@@ -1486,11 +1482,7 @@ async def relationship_history(scope: Scope, query: RelationshipHistoryQuery) ->
                 ))  # fmt: skip
     record = world.relationships.get(relationship_key(from_id, to_id)) if from_id and to_id else None
     current_types = sorted(record.types) if record is not None else []
-    current_type_data = (
-        {t: r.data for t, r in sorted(record.types.items()) if r.data is not None}
-        if record is not None
-        else {}
-    )
+    current_type_data = type_data(record) if record is not None else {}
     if points is None:
         for event, event_changes in zip(events, history, strict=True):
             for change in event_changes.changes:

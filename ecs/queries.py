@@ -458,6 +458,11 @@ def holds(record: Relationship) -> bool:
     return bool(record.types or record.valence)
 
 
+def type_data(record: Relationship) -> dict[str, dict[str, Any]]:
+    """What each relation type of a reducer record was set with, for the types that have data."""
+    return {name: r.data for name, r in sorted(record.types.items()) if r.data is not None}
+
+
 _RELATIONSHIPS: Final = (
     select(
         ecs_relationships.c.from_id,

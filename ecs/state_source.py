@@ -31,6 +31,7 @@ from ecs.queries import (
     holder_chain,
     latest_event,
     list_entities,
+    type_data,
     valence_sources,
 )
 from ecs.reducer import (
@@ -96,27 +97,22 @@ async def cite_relationships(
     """Each relationship cited with the event of its ``sequence`` (its latest change: a relation
     type set or removed, or a valence), so that ``sequence`` and ``event_id`` name one event; one
     read of the chronicle, and none when every relationship is cited already."""
-    wanted = sorted({sequence for state in states for sequence in _uncited(state)})
+    uncited = [set(_uncited(state)) for state in states]
+    wanted = sorted(set().union(*uncited))
     if not wanted:
         return states
-    event_of = {
-        sequence: str(event_id)
-        for sequence, event_id in (await event_ids_at(conn, tenant_id, chronicle_id, wanted)).items()
-    }
+    found = await event_ids_at(conn, tenant_id, chronicle_id, wanted)
     return [
-        msgspec.structs.replace(
-            state,
-            relationships=[
-                msgspec.structs.replace(r, event_id=event_of.get(r.sequence, r.event_id))
-                if r.sequence in event_of
-                else r
-                for r in state.relationships
-            ],
-        )
-        if _uncited(state)
+        msgspec.structs.replace(state, relationships=[
+            msgspec.structs.replace(r, event_id=str(found[r.sequence]))
+            if r.sequence in sequences and r.sequence in found
+            else r
+            for r in state.relationships
+        ])
+        if sequences
         else state
-        for state in states
-    ]
+        for state, sequences in zip(states, uncited, strict=True)
+    ]  # fmt: skip
 
 
 def state_from_world(state: WorldState, entity_id: str) -> EntityState | None:
@@ -147,7 +143,7 @@ def state_from_world(state: WorldState, entity_id: str) -> EntityState | None:
                 other=other.name,
                 direction="outgoing" if outgoing else "incoming",
                 types=sorted(record.types),
-                type_data={t: r.data for t, r in sorted(record.types.items()) if r.data is not None},
+                type_data=type_data(record),
                 valence={k: record.valence[k] for k in sorted(record.valence)},
                 sequence=record.updated_sequence,
                 event_id=None if latest is None else str(latest),

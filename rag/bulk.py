@@ -107,7 +107,8 @@ def read_chunks(
             event = decode_line(raw, dimension)
         except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as error:
             raise BulkLineError(source, number, str(error)) from None
-        for field, reason in refused(event.effects) if refused is not None else ():
+        if refused is not None and (problems := refused(event.effects)):
+            field, reason = problems[0]
             raise BulkLineError(source, number, f"{field}: {reason}")
         chunk.append(event)
         if len(chunk) >= chunk_size:

@@ -882,7 +882,7 @@ def _supersession(
             and now_place is not None
             and (now_place.sequence or 0) > sequence
             # "Memorial Hall" is the Old Gymnasium by another name, not another place.
-            and normalize_name(claimed_place) not in known.of(state.location_id or "", str(now_place.value))
+            and normalize_name(claimed_place) not in known.of(state.location_id, str(now_place.value))
         ):
             notes.append(f"earlier: {state.name} at {claimed_place}; now: {state.name} at {now_place.value}"
                          + _status_suffix(state))  # fmt: skip
@@ -892,7 +892,7 @@ def _supersession(
             or (
                 now_holder is not None
                 and (now_holder.sequence or 0) > sequence
-                and normalize_name(claimed_holder) not in known.of("", str(now_holder.value))
+                and normalize_name(claimed_holder) not in known.of(None, str(now_holder.value))
             )
         ):
             now = f"held by {now_holder.value}" if now_holder is not None else "not held by anyone"
@@ -976,8 +976,9 @@ class _KnownNames:
         self._known, self._by_id = known, by_id
         self._by_name: dict[str, KnownEntity] | None = None
 
-    def of(self, entity_id: str, name: str) -> set[str]:
-        entity = self._by_id.get(entity_id)
+    def of(self, entity_id: str | None, name: str) -> set[str]:
+        """The names of the entity, by its id, else (no id, or the state source's own) its name."""
+        entity = None if entity_id is None else self._by_id.get(entity_id)
         if entity is None:
             if self._by_name is None:  # built on first need: most events change no feeling
                 self._by_name = {normalize_name(k.name): k for k in reversed(self._known)}

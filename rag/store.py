@@ -333,11 +333,13 @@ async def append_events(
     contents = await stored_contents(
         conn, tenant_id, chronicle_id, [e.external_id for e in events if e.external_id in stored]
     )
+    first_in_batch: dict[str, EventIn] = {}  # compared (as content) only if repeated in the batch
     results: list[IngestedEvent] = []
     fresh: list[tuple[uuid.UUID, int, int]] = []  # (event id, sequence, input index) to store
     for index, event in enumerate(events):
         if event.external_id is not None and event.external_id in stored:
-            differs = contents[event.external_id] != posted_content(event)
+            original = contents.get(event.external_id) or posted_content(first_in_batch[event.external_id])
+            differs = original != posted_content(event)
             results.append(msgspec.structs.replace(stored[event.external_id], content_differs=differs))
             continue
         last_sequence += 1
@@ -345,7 +347,7 @@ async def append_events(
         result = IngestedEvent(event_id, last_sequence, event.external_id, False)
         if event.external_id is not None:
             stored[event.external_id] = IngestedEvent(event_id, last_sequence, event.external_id, True)
-            contents[event.external_id] = posted_content(event)
+            first_in_batch[event.external_id] = event
         results.append(result)
         fresh.append((event_id, last_sequence, index))
     if len(fresh) >= COPY_FROM_ROWS:
