@@ -108,6 +108,11 @@ class GuardedEcsSource:
             return await self.inner.present_at(location_id, as_of_sequence, limit)  # replayed, as above
         return await self.guard(lambda: self.inner.present_at(location_id, as_of_sequence, limit))
 
+    async def items_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[EntityState]:
+        if as_of_sequence is not None and as_of_sequence < (await self.position() or 0):
+            return await self.inner.items_at(location_id, as_of_sequence, limit)  # replayed, as above
+        return await self.guard(lambda: self.inner.items_at(location_id, as_of_sequence, limit))
+
 
 async def check_staleness(
     source: GuardedEcsSource,

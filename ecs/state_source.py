@@ -397,6 +397,26 @@ class EcsStateSource:
             )
         return [Present(summary.name, summary.status) for summary in found]
 
+    async def items_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[EntityState]:
+        """The items at the place (now, or as of a sequence: replayed), whoever holds them, in
+        order of appearance. A few times ``limit`` are read: those that someone there carries
+        are not left there, and the caller leaves them out."""
+        position = await self.position()
+        if as_of_sequence is not None and as_of_sequence < (position or 0):
+            world = await self._world_as_of(as_of_sequence)
+            items = items_in_world(world, location_id)[: ITEMS_READ * limit]
+            return await self.replayed(items, as_of_sequence)
+        try:
+            place = uuid.UUID(location_id)
+        except ValueError:
+            return []
+        filters = EntityFilters(kind=ITEM_KIND, location_id=place)
+        async with self.ecs_engine.connect() as conn:
+            found = await list_entities(
+                conn, self.tenant_id, self.chronicle_id, filters, after=None, limit=ITEMS_READ * limit
+            )
+        return await self.entity_states([str(summary.id) for summary in found], None)
+
     async def replayed(self, entity_ids: Sequence[str], as_of_sequence: int) -> list[EntityState]:
         """The entities as they were at `as_of_sequence`, replayed from the chronicle."""
         state = await self._world_as_of(as_of_sequence)
@@ -678,6 +698,19 @@ class ChronicleReplayStateSource:
     async def present_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[Present]:
         """The characters named in the place's recent events (``PRESENCE_SCAN_EVENTS``) whose
         replay puts them there, newest-named first."""
+        return [
+            Present(state.name, None if state.status is None else str(state.status.value))
+            for state in await self._found_at(location_id, as_of_sequence, PRESENT_KIND, limit)
+        ]
+
+    async def items_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[EntityState]:
+        """The items named in the place's recent events whose replay puts them there (whoever
+        holds them), newest-named first."""
+        return await self._found_at(location_id, as_of_sequence, ITEM_KIND, limit)
+
+    async def _found_at(
+        self, location_id: str, as_of_sequence: int | None, kind: str, limit: int
+    ) -> list[EntityState]:
         known = {k.id: k for k in await self.known_entities()}
         place = known.get(location_id)
         keys = sorted({location_id, *(normalize_name(a) for a in place.aliases)} if place else {location_id})
@@ -692,19 +725,23 @@ class ChronicleReplayStateSource:
                 .limit(PRESENCE_SCAN_EVENTS)
             )
             named = [key for (entity_keys,) in rows for key in entity_keys]
+        # The name scan's guess of a kind is a guess (an item that is moved looks like someone
+        # who moves): for items, anything not a place is a candidate; the replay decides.
         candidates = [
             key
             for key in dict.fromkeys(named)
-            if key in known and key not in keys and known[key].kind == PRESENT_KIND
+            if key in known
+            and key not in keys
+            and (known[key].kind == kind if kind == PRESENT_KIND else known[key].kind != "location")
         ][: 2 * limit]
-        present = []
+        found = []
         for state in await self.entity_states(candidates, as_of_sequence):
             # The kind the replay found (a spawn says "item") over the name scan's guess.
-            if state.kind != PRESENT_KIND or state.location is None:
+            if state.kind != kind or state.location is None:
                 continue
             if normalize_name(str(state.location.value)) in keys:
-                present.append(Present(state.name, None if state.status is None else str(state.status.value)))
-        return present[:limit]
+                found.append(state)
+        return found[:limit]
 
     async def entity_states(self, entity_ids: Sequence[str], as_of_sequence: int | None) -> list[EntityState]:
         """`entity_ids` are normalized names (from `known_entities`)."""
@@ -754,6 +791,11 @@ HOLDER_DEPTH: Final = 4
 """How many holders up the degraded replay follows an item (drive -> case -> courier)."""
 PRESENT_KIND = "character"
 """Who is "at" a place: its characters (the items they carry are in their inventories)."""
+ITEM_KIND = "item"
+"""What can be left at a place (``rag.context.lying_at``)."""
+ITEMS_READ = 3
+"""``items_at`` from ECS reads this many times its limit: the items someone at the place carries
+are there too, but not left there."""
 PRESENCE_SCAN_EVENTS: Final = 500
 """Degraded presence (context bundles and the ``present_at`` question alike): the place's most
 recent events, whose entities are replayed to see who is still there (an entity that arrived
@@ -772,6 +814,18 @@ def present_in_world(state: WorldState, location_id: str, limit: int) -> list[Pr
         Present(entity.name, status.value if (status := entity.get(Status)) is not None else None)
         for entity in present[:limit]
     ]
+
+
+def items_in_world(state: WorldState, location_id: str) -> list[str]:
+    """The ids of the items whose place in a reducer state is ``location_id`` (whoever holds them),
+    in order of appearance."""
+    items = [
+        entity
+        for entity in state.entities.values()
+        if entity.kind == ITEM_KIND and location_of(state, entity.id) == location_id
+    ]
+    items.sort(key=lambda e: (e.created_sequence, e.id))
+    return [entity.id for entity in items]
 
 
 def named_in_event(

@@ -58,6 +58,7 @@ __all__ = [
     "StateSource",
     "UnknownPointOfView",
     "assemble_context",
+    "lying_at",
     "needs_query_vector",
 ]
 
@@ -70,6 +71,9 @@ RENDERED_RELATIONSHIPS = 12
 PRESENT_LISTED = 20
 """A question about who is at a place ("who is at the keep?") lists under the place the names of at
 most this many of the characters there (the first to arrive, sorted by name)."""
+LYING_LISTED = 20
+"""A question about what is at a place ("what is hidden in the chapel?") lists under the place at
+most this many of the items left there (sorted by name)."""
 
 
 class Fact(msgspec.Struct, frozen=True, kw_only=True):
@@ -154,6 +158,12 @@ class StateSource(Protocol):
         """The characters at a place (now, or as of a sequence), at most ``limit``."""
         ...
 
+    async def items_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[EntityState]:
+        """The states of items whose place is this one (now, or as of a sequence), whoever holds
+        them (someone there, the place, another item), at most ``limit``; ``lying_at`` picks the
+        ones left there."""
+        ...
+
 
 class ContextRequest(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: uuid.UUID
@@ -203,6 +213,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     unresolved_focus: list[str]
     present: dict[str, list[str]] = {}
     """For a presence question: each place in focus -> the names of the characters there."""
+    lying_here: dict[str, list[str]] = {}
+    """For a question about what is at a place: each place in focus -> the items left there, not
+    carried by anyone ("Drive (in Black Case)" for one inside another)."""
 
 
 class Bundle(msgspec.Struct, frozen=True, kw_only=True):
@@ -273,12 +286,16 @@ async def assemble_context(
     pov_keys = [] if pov is None else sorted({normalize_name(n) for n in (pov.name, *pov.aliases)})
     upto = request.as_of_sequence if request.as_of_sequence is not None else chronicle_sequence
 
-    async def read_state() -> tuple[list[EntityState], EntityState | None, dict[str, list[Present]], float]:
-        """The focus entities' states, the point of view's, and who is at each focus place (by id)."""
+    async def read_state() -> tuple[
+        list[EntityState], EntityState | None, dict[str, list[Present]], dict[str, list[str]], float
+    ]:
+        """The focus entities' states, the point of view's, who is at each focus place and what
+        lies there (by the place's id)."""
         t = time.perf_counter()
         present: dict[str, list[Present]] = {}
+        lying: dict[str, list[str]] = {}
         if state_source is None or not request.include_state:
-            return [], None, present, _ms(t)
+            return [], None, present, lying, _ms(t)
         wanted = list(focus_ids)
         pov_id = pov.id if pov is not None else None
         if pov_id is not None and pov_id not in wanted:
@@ -294,7 +311,13 @@ async def assemble_context(
                 found = await state_source.present_at(place.id, request.as_of_sequence, PRESENT_LISTED)
                 # By name: the same order whichever source answered (ECS or a replay).
                 present[place.id] = sorted(found, key=lambda p: (p.name.casefold(), p.name))
-        return states, fetched.get(pov_id) if pov_id else None, present, _ms(t)
+        if analysis.has("possession"):
+            # "What is hidden in the chapel?": what a place holds are the things left there. Those
+            # carried by someone there are in that someone's inventory, not the place's.
+            for place in [s for s in states if s.kind == "location"]:
+                items = await state_source.items_at(place.id, request.as_of_sequence, 3 * LYING_LISTED)
+                lying[place.id] = lying_at(place, items)[:LYING_LISTED]
+        return states, fetched.get(pov_id) if pov_id else None, present, lying, _ms(t)
 
     async def embedding() -> tuple[list[float], float]:
         t = time.perf_counter()
@@ -381,7 +404,7 @@ async def assemble_context(
     # same time, each on its own connection (ECS, or a replay; the chronicle), and the question is
     # embedded on the embedding thread meanwhile. One request then waits for the longer of the two,
     # not for their sum.
-    (states, pov_state, present, state_ms), searched_all = await _together(read_state(), search())
+    (states, pov_state, present, lying, state_ms), searched_all = await _together(read_state(), search())
     result, recent_rows, named_rows, witnessed, embed_ms, retrieve_ms = searched_all
     timings["embed"] = embed_ms
     timings["state"] = state_ms
@@ -424,7 +447,7 @@ async def assemble_context(
     for s in states:
         shown, hidden = _rendered_relationships(s, focus_state_ids)
         aliases = [a for a in s.aliases if _uses_name(used, a)]
-        state_views.append(_state_view(s, shown, present.get(s.id), aliases))
+        state_views.append(_state_view(s, shown, present.get(s.id), aliases, lying.get(s.id)))
         if hidden:
             omitted.append(
                 Omitted(section="state", id=s.id, reason=(
@@ -541,6 +564,7 @@ async def assemble_context(
             facets=list(analysis.facets),
             unresolved_focus=list(analysis.unresolved_focus),
             present={s.name: [p.name for p in present[s.id]] for s in states if s.id in present},
+            lying_here={s.name: lying[s.id] for s in states if s.id in lying},
         ),
         token_count=count(text),
         max_tokens=request.max_tokens,
@@ -745,6 +769,7 @@ def _state_view(
     relationships: Sequence[RelationFact],
     present: list[Present] | None = None,
     aliases: Sequence[str] = (),
+    lying_here: list[str] | None = None,
 ) -> dict[str, Any]:
     return {
         "name": state.name,
@@ -752,6 +777,7 @@ def _state_view(
         "aliases": list(aliases),
         # "Tobias Reed (dead)": a body in the chapel is there, but not as the living are.
         "present": None if present is None else [p.name + _marked_status(p.status) for p in present],
+        "lying_here": lying_here,
         "location": None if state.location is None else {"name": state.location.value,
                                                           "sequence": state.location.sequence},
         "status": None
@@ -996,6 +1022,38 @@ _FIRST_PERSON: Final = re.compile(r"\bI\b|\b(?i:me|my|mine|myself)\b")
 
 MARKED_STATUSES: Final = frozenset({"dead", "destroyed", "missing", "unconscious"})
 """Statuses the text states beside a name (an entity is taken as able to act otherwise)."""
+
+
+def lying_at(place: EntityState, items: Sequence[EntityState]) -> list[str]:
+    """The items among ``items`` (states from ``StateSource.items_at``) left at ``place``: held by
+    no one, by the place, or by an item itself left there ("Drive (in Black Case)"); not those
+    that someone there carries, nor destroyed ones. Sorted by name."""
+    place_names = {normalize_name(n) for n in (place.name, *place.aliases)}
+    present = [i for i in items if i.status is None or str(i.status.value) != "destroyed"]
+    by_name = {normalize_name(n): item for item in present for n in (item.name, *item.aliases)}
+    container: dict[str, str | None] = {
+        item.id: None
+        for item in present
+        if item.holder is None or normalize_name(str(item.holder.value)) in place_names
+    }
+    # An item in a box left there is left there too, however deep (each pass adds a level).
+    for _ in range(len(present)):
+        inside = {
+            item.id: holder.name
+            for item in present
+            if item.id not in container
+            and item.holder is not None
+            and (holder := by_name.get(normalize_name(str(item.holder.value)))) is not None
+            and holder.id in container
+        }
+        if not inside:
+            break
+        container |= inside
+    named = [(item.name, container[item.id]) for item in present if item.id in container]
+    return [
+        name if holder is None else f"{name} (in {holder})"
+        for name, holder in sorted(named, key=lambda n: (n[0].casefold(), n[0]))
+    ]
 
 
 def _marked_status(status: str | None) -> str:

@@ -245,6 +245,16 @@ _FACET_PATTERNS: Final[tuple[tuple[Facet, re.Pattern[str]], ...]] = (
             "belongings",
             "who has",
             "stole(?:n)?",
+            # What a place holds: what was left, hidden or kept there.
+            "hid(?:den|es)?",
+            "stash(?:ed|es)?",
+            "stored",
+            "kept (?:in|at|on|inside)",
+            "left (?:in|at|on|inside|behind)",
+            "lying (?:in|at|on|inside|there|here)",
+            "lies (?:in|at|on|inside|there|here)",
+            "what(?:'s|’s| is| are| was| were| remains?| lies) (?:in|at|on|inside|there|here|left)",
+            "contents",
         ),
     ),
     (

@@ -97,6 +97,10 @@ class StateView(TypedDict):
     """Who or what holds the entity (an item), with the sequence that set it."""
     carried_by: NotRequired[list[str]]
     """Who carries the holder, and so on up (v3 renders them: "itself held by Mara")."""
+    present: NotRequired[list[str] | None]
+    """For a place, when the question asks who is there: their names."""
+    lying_here: NotRequired[list[str] | None]
+    """For a place, when the question asks what is there: the things left there (v4 renders them)."""
     inventory: list[str | ItemView]
     components: dict[str, Any]
     """Other components worth showing (``{"Description": {"text": ...}}``), kept small."""

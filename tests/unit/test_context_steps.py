@@ -10,7 +10,16 @@ from hypothesis import strategies as st
 
 from app.routes.context import _QueryEmbeddings
 from ecs.breaker import SlowCall
-from rag.context import UnknownPointOfView, _largest_fitting, _point_of_view, _together, _uses_name
+from rag.context import (
+    EntityState,
+    Fact,
+    UnknownPointOfView,
+    _largest_fitting,
+    _point_of_view,
+    _together,
+    _uses_name,
+    lying_at,
+)
 from rag.query_analysis import KnownEntity
 
 
@@ -162,3 +171,35 @@ def test_a_point_of_view_is_one_who_can_know() -> None:
         _point_of_view("Anna", [head, study, *annas], None)
     with pytest.raises(UnknownPointOfView, match="no entity 'Zed'"):
         _point_of_view("Zed", [head, study, *annas], None)
+
+
+# --------------------------------------------------------------------------------------------------
+# What lies at a place
+# --------------------------------------------------------------------------------------------------
+
+
+def _thing(name: str, holder: str | None = None, status: str | None = None, kind: str = "item") -> EntityState:
+    return EntityState(
+        id=f"id-{name}",
+        name=name,
+        kind=kind,
+        holder=None if holder is None else Fact(value=holder, sequence=1),
+        status=None if status is None else Fact(value=status, sequence=1),
+    )
+
+
+def test_lying_at_keeps_what_no_one_there_carries_however_deep_it_is_packed() -> None:
+    hall = EntityState(id="id-hall", name="Old Gymnasium", kind="location", aliases=["Memorial Hall"])
+    items = [
+        _thing("Trunk"),  # moved there: no holder
+        _thing("Box", holder="trunk"),  # names are matched as names, whatever their case
+        _thing("Ring", holder="Box"),
+        _thing("Map", holder="Memorial Hall"),  # handed to the place, by its alias
+        _thing("Torch", holder="Nell"),  # Nell is there and carries it
+        _thing("Pouch", holder="Nell"),
+        _thing("Coin", holder="Pouch"),  # in something Nell carries
+        _thing("Note", status="destroyed"),
+        _thing("Shard", holder="Note"),  # was in the note: a destroyed thing holds nothing here
+    ]
+    assert lying_at(hall, items) == ["Box (in Trunk)", "Map", "Ring (in Box)", "Trunk"]
+    assert lying_at(hall, []) == []

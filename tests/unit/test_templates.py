@@ -141,8 +141,8 @@ def test_default_directory_is_the_repo_prompts_folder(registry: TemplateRegistry
     assert registry.directory == DEFAULT_PROMPTS_DIR
     assert registry.available() == ["compact", "default", "roleplay"]
     assert registry.versions() == [
-        "compact.v1", "compact.v2", "compact.v3", "default.v1", "default.v2", "default.v3",
-        "roleplay.v1", "roleplay.v2", "roleplay.v3",
+        "compact.v1", "compact.v2", "compact.v3", "compact.v4", "default.v1", "default.v2", "default.v3",
+        "default.v4", "roleplay.v1", "roleplay.v2", "roleplay.v3", "roleplay.v4",
     ]  # fmt: skip
 
 
@@ -443,6 +443,37 @@ def test_version_2_lists_who_is_at_a_place_when_asked(registry: TemplateRegistry
         assert "resent" not in registry.render("default", sample_context(state=[view]))
 
 
+def test_version_4_says_what_lies_at_a_place_and_version_3_is_unchanged(registry: TemplateRegistry) -> None:
+    chapel = {"name": "Chapel", "kind": "location", "location": None, "status": None, "holder": None,
+              "inventory": [], "components": {}, "relationships": []}  # fmt: skip
+    for lying, default, compact, roleplay in (
+        (["Data Drive (in Black Case)", "Salt Ledger"], "- Lying here: Data Drive (in Black Case), Salt Ledger\n",
+         "Chapel.lying_here=Data Drive (in Black Case), Salt Ledger\n",
+         "- Chapel (location), where Data Drive (in Black Case), Salt Ledger are left.\n"),
+        (["Salt Ledger"], "- Lying here: Salt Ledger\n", "Chapel.lying_here=Salt Ledger\n",
+         "- Chapel (location), where Salt Ledger is left.\n"),
+        ([], "- Lying here: nothing left here\n", "Chapel.lying_here=nothing\n",
+         "- Chapel (location), where nothing is left.\n"),
+    ):  # fmt: skip
+        context = sample_context(pov=None, state=[{**chapel, "lying_here": lying}])
+        assert "### Chapel (location)\n" + default in registry.render("default", context)
+        assert compact in registry.render("compact", context)
+        assert roleplay in registry.render("roleplay", context)
+        for name in ("default", "compact", "roleplay"):  # v3 knows nothing of it
+            without = sample_context(pov=None, state=[chapel])
+            assert registry.render(f"{name}.v3", context) == registry.render(f"{name}.v3", without)
+    # A thing handed to the place is the place's inventory: it lies there, the place carries nothing.
+    handed = {**chapel, "inventory": [{"name": "Silver Key", "sequence": 16}]}
+    context = sample_context(pov=None, state=[handed])
+    assert "- Lying here: Silver Key (since #16)\n" in registry.render("default", context)
+    assert "Chapel.lying_here=Silver Key #16\n" in registry.render("compact", context)
+    assert "- Chapel (location), where lies Silver Key.\n" in registry.render("roleplay", context)
+    assert "- Carrying: Silver Key (since #16)\n" in registry.render("default.v3", context)
+    # Not asked (no key, or None) and nothing handed over: no line.
+    for view in (chapel, {**chapel, "lying_here": None}):
+        assert "ying" not in registry.render("default", sample_context(state=[view]))
+
+
 def test_compact_is_one_line_per_fact(registry: TemplateRegistry) -> None:
     text = registry.render("compact", sample_context())
     lines = text.splitlines()
@@ -468,7 +499,7 @@ def test_version_3_names_aliases_and_the_as_of_point_and_version_2_is_unchanged(
     context = sample_context(pov=None, as_of=26)
     context["state"][0]["aliases"] = ["the innkeeper"]
     for name in ("default", "compact", "roleplay"):
-        assert registry.resolve(name) == f"{name}.v3"
+        assert registry.resolve(name) == f"{name}.v4"  # which renders all that v3 does
         assert registry.render(f"{name}.v2", context) == registry.render(f"{name}.v2", plain)
     default = registry.render("default", context)
     assert "## State as of #26 (authoritative)\nSource: the chronicle up to event #26;" in default
