@@ -176,9 +176,30 @@ def _handle_validation(request: Request[Any, Any, Any], exc: ValidationException
         detail = str(exc.detail)
     # Body that parsed as JSON but does not fit the schema is 422; malformed JSON and bad
     # query or path parameters are 400.
-    malformed = "JSON is malformed" in detail or "malformed" in detail.lower()
+    malformed = _is_unparsable(detail)
+    if malformed:
+        detail = _not_json(detail)
     status = 422 if body_errors and not malformed else 400
     return problem_response(request, status, "Invalid request", detail, "invalid-request", errors)
+
+
+def _is_unparsable(detail: str) -> bool:
+    return "malformed" in detail.lower() or "Input data was truncated" in detail
+
+
+def _not_json(detail: str) -> str:
+    # The parser's "Input data was truncated" is also what a lone surrogate escape (\ud800) gets:
+    # say what the body must be.
+    return f"the request body is not valid JSON in UTF-8 ({detail})"
+
+
+def _handle_not_utf8(request: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Response[dict[str, Any]]:
+    # Found by a client sending Latin-1: the JSON parser raises this (not its own DecodeError) for
+    # bytes that are not UTF-8, and it came back as a 500.
+    detail = f"the request body is not valid JSON in UTF-8 (byte {exc.start}: {exc.reason})"
+    return problem_response(
+        request, 400, "Invalid request", detail, "invalid-request", [FieldError(field="body", message=detail)]
+    )
 
 
 def _handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
@@ -189,6 +210,9 @@ def _handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Respons
     detail = str(exc.detail)
     if status == 404 and detail == "Not Found":
         detail = f"no route for {request.method} {request.url.path}"
+    if status == 400 and _is_unparsable(detail):  # a body read as JSON by the handler itself
+        return problem_response(request, 400, "Invalid request", _not_json(detail), "invalid-request",
+                                [FieldError(field="body", message=_not_json(detail))])  # fmt: skip
     return problem_response(request, status, title, detail, title.lower().replace(" ", "-"), headers=headers)
 
 
@@ -274,6 +298,7 @@ exception_handlers: dict[Any, Any] = {
     DatabaseUnavailable: _handle_unavailable,
     EmbeddingUnavailable: _handle_embedding_unavailable,
     EmbeddingConfigError: _handle_embedding_config,
+    UnicodeDecodeError: _handle_not_utf8,
     Exception: _handle_internal,
 }
 

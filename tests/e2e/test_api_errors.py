@@ -107,6 +107,26 @@ async def test_malformed_json_and_wrong_body_shape(client, tenant: Tenant) -> No
     assert create.json()["errors"][0]["field"] == "title"
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"events": [{"summary": "Zo\xeb"}]}',  # Latin-1, not UTF-8
+        b'{"events": [{"summary": "\\ud800"}]}',  # a lone surrogate
+        b'\xff\xfe{\x00"\x00',  # UTF-16 with a byte-order mark
+    ],
+)
+async def test_a_body_that_is_not_utf8_json_is_a_400_and_stores_nothing(client, tenant: Tenant, body) -> None:
+    chronicle = await make_chronicle(client, tenant)
+    headers = tenant.headers | {"content-type": "application/json"}
+    for url in (f"/api/chronicles/{chronicle}/events", f"/api/chronicles/{chronicle}/context",
+                f"/api/chronicles/{chronicle}/query", "/api/chronicles"):  # fmt: skip
+        response = await client.post(url, content=body, headers=headers)
+        assert response.status_code == 400, (url, response.text)
+        assert response.headers["content-type"].startswith(PROBLEM)
+        assert "UTF-8" in response.json()["detail"], response.json()
+    assert await stored_count(client, tenant, chronicle) == 0
+
+
 async def test_bad_path_and_query_parameters(client, tenant: Tenant) -> None:
     chronicle = await make_chronicle(client, tenant)
     cases = [
