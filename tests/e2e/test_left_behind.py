@@ -59,7 +59,9 @@ async def story(client, engine) -> PostedStory:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_what_is_hidden_at_a_place_lists_the_things_left_there(client, story: PostedStory, mode) -> None:
+async def test_what_is_hidden_at_a_place_lists_the_things_left_there(
+    client, story: PostedStory, mode
+) -> None:
     bundle = await story.context(client, query="What is hidden in the Chapel?", mode=mode, format="both")
     assert bundle["mode"] == mode
     assert "possession" in bundle["manifest"]["facets"]
@@ -71,7 +73,9 @@ async def test_what_is_hidden_at_a_place_lists_the_things_left_there(client, sto
     crypt = await story.context(client, query="What was left in the crypt?", mode=mode, format="both")
     assert crypt["manifest"]["lying_here"] == {"Crypt": ["Candle"]}  # the chalice is in Amos's hands
 
-    compact = await story.context(client, query="What is hidden in the Chapel?", mode=mode, template="compact")
+    compact = await story.context(
+        client, query="What is hidden in the Chapel?", mode=mode, template="compact"
+    )
     assert "Chapel.lying_here=Bone Key (in Reliquary), Reliquary\n" in compact["text"]
 
 

@@ -178,7 +178,9 @@ def test_a_point_of_view_is_one_who_can_know() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _thing(name: str, holder: str | None = None, status: str | None = None, kind: str = "item") -> EntityState:
+def _thing(
+    name: str, holder: str | None = None, status: str | None = None, kind: str = "item"
+) -> EntityState:
     return EntityState(
         id=f"id-{name}",
         name=name,
