@@ -981,7 +981,9 @@ def _superseded_feelings(
                     notes.append(f"earlier: {holder} {dimension} toward {toward} {earlier:+.2f}; "
                                  f"now: {holder} {dimension} toward {toward} {now:+.2f}")  # fmt: skip
             elif (delta := float(effect.get("delta") or 0.0)) and (now <= 0 if delta > 0 else now >= 0):
-                notes.append(f"earlier: {holder} {dimension} toward {toward} {delta:+.2f}; "
+                # A change, not a value: "-0.20" here once read as the feeling it left behind.
+                moved = "rose" if delta > 0 else "fell"
+                notes.append(f"earlier: {holder} {dimension} toward {toward} {moved} by {abs(delta):.2f}; "
                              f"now: {holder} {dimension} toward {toward} {now:+.2f}")  # fmt: skip
         else:
             kind = str(effect.get("type"))

@@ -171,7 +171,7 @@ async def test_history_marks_feelings_and_relations_that_later_changed(client, s
     assert items[2]["superseded"] is True
     assert items[2]["superseded_note"] == (
         "earlier: Hesper Vane employs Doran Pike; now: no longer; "
-        "earlier: Hesper Vane trust toward Doran Pike +0.40; now: Hesper Vane trust toward Doran Pike -0.50"
+        "earlier: Hesper Vane trust toward Doran Pike rose by 0.40; now: Hesper Vane trust toward Doran Pike -0.50"
     )  # affection +0.2 is still so: not in the note
     # Set to 0.9, then 0.1 (by the alias "the Ferryman"), now 0.4: both earlier values are stale.
     assert items[3]["superseded_note"] == (
