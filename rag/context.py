@@ -378,7 +378,9 @@ async def assemble_context(
                         external_ids=refs.external_ids,
                     )  # fmt: skip
                     known_to_pov = (
-                        await _knowable_sequences(conn, request, pov_keys, upto) if pov_keys else None
+                        await _knowable_sequences(conn, request, pov_keys, upto, _places(known))
+                        if pov_keys
+                        else None
                     )
                     return searched, recent, named, known_to_pov
 
@@ -678,34 +680,51 @@ def _widened(preset: RetrievalPreset) -> RetrievalPreset:
     )
 
 
-async def _knowable_sequences(conn: Any, request: ContextRequest, pov_keys: list[str], upto: int) -> set[int]:
+def _places(known: Sequence[KnownEntity]) -> dict[str, str]:
+    """Each name and alias of a known place -> the place's own name (normalized): an event at
+    "the Drowned Lantern" is at the Rusty Anchor."""
+    return {
+        normalize_name(n): normalize_name(k.name)
+        for k in known
+        if k.kind == "location"
+        for n in (k.name, *k.aliases)
+    }
+
+
+async def _knowable_sequences(
+    conn: Any, request: ContextRequest, pov_keys: list[str], upto: int, places: Mapping[str, str]
+) -> set[int]:
     """Events the point-of-view character took part in, or witnessed by being at the place.
 
     Where the character was is followed through its own events: each event it takes part in puts
     it at that event's location (and a `move` of it, to the target), until the next such event.
     While it is dead, missing or unconscious it knows nothing, until an event gives it another
-    status (which it takes part in: it is found, it wakes).
+    status (which it takes part in: it is found, it wakes). Places are compared by ``places``
+    (any name of a place is the place).
     """
     events = await events_up_to(conn, request.tenant_id, request.chronicle_id, upto)
     keys = set(pov_keys)
     knowable: set[int] = set()
     here: str | None = None
     away = False  # dead, missing or unconscious: it takes part in nothing and sees nothing
+
+    def place(name: str | None) -> str | None:
+        return None if not name else places.get(normalize_name(name), normalize_name(name))
+
     for event in events:
         involved = _event_keys(event)
         status = _status_set(event, keys)
         if away and (status is None or status in MARKED_STATUSES):
             # Its body may be moved or looked at; the character knows nothing of it.
-            here = _moved_to(event, keys) or here
+            here = place(_moved_to(event, keys)) or here
             continue
         if status is not None:
             away = status in MARKED_STATUSES  # the event that kills it or finds it, it takes part in
         if keys & involved:
             knowable.add(event.sequence)
-            if event.location:
-                here = normalize_name(event.location)
-            here = _moved_to(event, keys) or here
-        elif here is not None and event.location and normalize_name(event.location) == here:
+            here = place(event.location) or here
+            here = place(_moved_to(event, keys)) or here
+        elif here is not None and place(event.location) == here:
             knowable.add(event.sequence)
     return knowable
 
