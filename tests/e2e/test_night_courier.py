@@ -182,7 +182,9 @@ async def test_the_dead_and_the_missing_witness_nothing(client, story: PostedSto
     assert 7 not in seen(quinn)  # Mara searching the Ice Field while he lay there missing
 
 
-async def test_a_witness_sees_what_happens_at_its_place_under_any_name_of_it(client, story: PostedStory) -> None:
+async def test_a_witness_sees_what_happens_at_its_place_under_any_name_of_it(
+    client, story: PostedStory
+) -> None:
     quinn = await story.context(client, query="What happened in the hangar?", pov="Quinn", max_tokens=4000)
     seen = {h["sequence"] for h in quinn["history"] + quinn["recent"]}
     # Brought to the Hangar at 8, he stays there: Bay Four (13) is the Hangar, the Dock (14) is not.
