@@ -783,8 +783,45 @@ class ChronicleReplayStateSource:
                     holder = None if held_by is None else held_by.holder
                 state = state_from_world(world, entity_id)
                 if state is not None:
+                    state = await self._still_held(conn, state, keys, as_of_sequence, known_list)
                     states.append(msgspec.structs.replace(state, id=key))
             return await cite_relationships(conn, self.tenant_id, self.chronicle_id, states)
+
+    async def _still_held(
+        self,
+        conn: Any,
+        state: EntityState,
+        keys: set[str],
+        as_of_sequence: int | None,
+        known: Sequence[KnownEntity],
+    ) -> EntityState:
+        """``state`` without the items it no longer holds. A hand-over need not name the one who
+        gave the thing ("Carl takes the lamp"), so the holder's own events cannot tell that the
+        lamp left: an item named in any event after it was handed over is replayed on its own,
+        and kept only if it is still this entity's."""
+        if not state.inventory:
+            return state
+        by_name = {normalize_name(k.name): k for k in known}
+        kept: list[Fact] = []
+        for fact in state.inventory:
+            item = by_name.get(normalize_name(str(fact.value)))
+            item_keys = {normalize_name(n) for n in (str(fact.value), *(item.aliases if item else ()))}
+            conditions = [*self._in_chronicle(), chronicle_events.c.entity_keys.overlap(sorted(item_keys)),
+                          chronicle_events.c.sequence > (fact.sequence or 0)]  # fmt: skip
+            if as_of_sequence is not None:
+                conditions.append(chronicle_events.c.sequence <= as_of_sequence)
+            if await conn.scalar(select(chronicle_events.c.sequence).where(*conditions).limit(1)) is None:
+                kept.append(fact)
+                continue
+            world, _, _ = await self._replay_events_of(conn, item_keys, as_of_sequence, known)
+            item_id = next((world.names[k] for k in sorted(item_keys) if k in world.names), None)
+            holder = None if item_id is None else world.entities[item_id].get(Holder)
+            holder_entity = None if holder is None else world.entities.get(holder.holder)
+            if holder_entity is not None and {
+                normalize_name(n) for n in (holder_entity.name, *holder_entity.aliases)
+            } & keys:
+                kept.append(fact)
+        return msgspec.structs.replace(state, inventory=kept)
 
 
 HOLDER_DEPTH: Final = 4

@@ -4,7 +4,8 @@ The Chapel Cache (written for these tests): Ilse carries the Reliquary, with the
 it, into the Chapel (2) and hides it behind the altar (3: handed to the place). Corvin comes in
 with his Lantern and stays (4). A sexton sets the Silver Chalice on the altar (5: moved there).
 Ilse burns the Letter in the Chapel (6: moved there, then destroyed). A Candle is left in the Crypt
-(7). Father Amos takes the Chalice down to the Crypt, carrying it (8).
+(7). Father Amos takes the Chalice down to the Crypt, carrying it (8). Ilse takes the Lantern
+(9: the hand-over does not name Corvin).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ STORY = [
     _event(7, "A candle is left burning in the crypt.", [], [_move("Candle", "Crypt")], "Crypt"),
     _event(8, "Father Amos takes the chalice down to the crypt.", ["Father Amos"],
            [_transfer("Silver Chalice", "Father Amos"), _move("Father Amos", "Crypt")], "Crypt"),
+    _event(9, "Ilse takes the lantern to look behind the altar.", ["Ilse Marr"], [_transfer("Lantern", "Ilse Marr")],
+           "Chapel"),
 ]  # fmt: skip
 
 
@@ -99,3 +102,19 @@ async def test_who_is_at_a_place_does_not_list_things(client, story: PostedStory
     # lies there, the chapel does not carry it.
     assert "- Present: Corvin Hale, Ilse Marr\n- Lying here: Reliquary (since #3)\n" in bundle["text"]
     assert "Carrying: Reliquary" not in bundle["text"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_thing_taken_without_naming_its_holder_leaves_the_holders_hands(
+    client, story: PostedStory, mode
+) -> None:
+    bundle = await story.context(
+        client, query="What is Corvin carrying?", focus=["Corvin Hale", "Ilse Marr"], mode=mode
+    )
+    inventories = {s["name"]: [i["value"] for i in s["inventory"]] for s in bundle["state"]}
+    assert inventories == {"Corvin Hale": [], "Ilse Marr": ["Lantern"]}, mode
+    # As of 8 the lantern was still Corvin's.
+    before = await story.context(
+        client, query="What is Corvin carrying?", focus=["Corvin Hale"], mode=mode, as_of_sequence=8
+    )
+    assert [i["value"] for i in before["state"][0]["inventory"]] == ["Lantern"], mode
