@@ -12,7 +12,7 @@ import asyncio
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -51,7 +51,7 @@ from rag.context import Citation, EntityState, Fact, Present, RelationFact
 from rag.events import normalize_name
 from rag.query_analysis import KnownEntity
 from rag.schema import chronicle_events
-from rag.store import event_ids_at, events_at, events_up_to
+from rag.store import StoredEvent, event_ids_at, events_at, events_up_to, first_mentions
 
 __all__ = [
     "ChronicleReplayStateSource",
@@ -556,6 +556,8 @@ class ChronicleReplayStateSource:
         self.chronicle_sequence = chronicle_sequence
         self.focus = list(focus)
         self._known: tuple[KnownEntity, ...] | None = None
+        self._ids: dict[str, str | None] = {}
+        """Normalized name -> the id ECS gives the entity first named so (None: never named)."""
 
     async def position(self) -> int | None:
         return None
@@ -579,8 +581,11 @@ class ChronicleReplayStateSource:
         out of the window), oldest first, from the seeded alias groups; also how many events that
         was, and the last holder the entity of `keys` had in them (None: never held)."""
         sequences: set[int] = set()
+        ids = await self._ids_of(conn, [key for group in (keys, *holders) for key in group])
         for group in (keys, *holders):
-            conditions = [*self._in_chronicle(), chronicle_events.c.entity_keys.overlap(sorted(group))]
+            # An event may name the entity by the id a client read from the entity endpoints.
+            named = sorted(group | {ids[key] for key in group if key in ids})
+            conditions = [*self._in_chronicle(), chronicle_events.c.entity_keys.overlap(named)]
             if as_of_sequence is not None:
                 conditions.append(chronicle_events.c.sequence <= as_of_sequence)
             rows = await conn.execute(
@@ -591,6 +596,16 @@ class ChronicleReplayStateSource:
             )
             sequences.update(row[0] for row in rows)
         events = await events_at(conn, self.tenant_id, self.chronicle_id, sorted(sequences))
+        if any(_named_by_id(event) for event in events):
+            # This replay gives entities ids of its own (it starts where its window does): read
+            # each id the events use as the name of the entity ECS gave it to.
+            every = await self._ids_of(
+                conn, [*(k.id for k in known), *keys, *(k for g in holders for k in g)]
+            )
+            display = {normalize_name(k.name): k.name for k in known}
+            events = [
+                _names_for_ids(event, {i: display.get(k, k) for k, i in every.items()}) for event in events
+            ]
         world = seeded_world(str(self.chronicle_id), known)
         last_holder: str | None = None
         for event in events:
@@ -600,6 +615,19 @@ class ChronicleReplayStateSource:
             if holder is not None:
                 last_holder = holder.holder
         return world, len(events), last_holder
+
+    async def _ids_of(self, conn: Any, keys: Iterable[str]) -> dict[str, str]:
+        """The ECS id of the entity each of ``keys`` first named, for those the chronicle names.
+        ECS derives an entity's id from the event that first names it (``entity_id_for``), so the
+        chronicle alone tells it."""
+        wanted = [key for key in dict.fromkeys(keys) if key not in self._ids and not _is_id(key)]
+        if wanted:
+            found = await first_mentions(conn, self.tenant_id, self.chronicle_id, wanted)
+            for key in wanted:
+                self._ids[key] = (
+                    entity_id_for(str(self.chronicle_id), found[key], key) if key in found else None
+                )
+        return {key: entity_id for key in keys if (entity_id := self._ids.get(key)) is not None}
 
     async def known_entities(self) -> tuple[KnownEntity, ...]:
         """Names seen as actors, locations and effect targets in the recent chronicle, every alias
@@ -817,9 +845,10 @@ class ChronicleReplayStateSource:
             item_id = next((world.names[k] for k in sorted(item_keys) if k in world.names), None)
             holder = None if item_id is None else world.entities[item_id].get(Holder)
             holder_entity = None if holder is None else world.entities.get(holder.holder)
-            if holder_entity is not None and {
-                normalize_name(n) for n in (holder_entity.name, *holder_entity.aliases)
-            } & keys:
+            if (
+                holder_entity is not None
+                and {normalize_name(n) for n in (holder_entity.name, *holder_entity.aliases)} & keys
+            ):
                 kept.append(fact)
         return msgspec.structs.replace(state, inventory=kept)
 
@@ -870,7 +899,11 @@ def named_in_event(
 ) -> list[tuple[str, KnownEntity]]:
     """The names one stored event uses, keyed by normalized name, with the kind their role implies
     (actor or recipient: character, location, transferred item: item; aliases are not names)."""
-    out = [(normalize_name(a["name"]), KnownEntity(id="", name=a["name"])) for a in actors]
+    out = [
+        (normalize_name(a["name"]), KnownEntity(id="", name=a["name"]))
+        for a in actors
+        if not _is_id(a["name"])
+    ]
     if location:
         out.append((normalize_name(location), KnownEntity(id="", name=location, kind="location")))
     for effect in effects:
@@ -878,9 +911,45 @@ def named_in_event(
             continue
         for field, kind in (("entity", "character"), ("item", "item"), ("to", "character")):
             value = effect.get(field)
-            if isinstance(value, str):
+            if isinstance(value, str) and not _is_id(value):  # an id is a reference, not a name
                 out.append((normalize_name(value), KnownEntity(id="", name=value, kind=kind)))
     return out
+
+
+_REFERENCE_FIELDS: Final = ("entity", "item", "to", "from")
+
+
+def _is_id(reference: str) -> bool:
+    """Whether a reference is an entity id (a UUID) rather than a name."""
+    try:
+        uuid.UUID(reference.strip())
+    except ValueError:
+        return False
+    return True
+
+
+def _named_by_id(event: StoredEvent) -> bool:
+    return any(_is_id(a["name"]) for a in event.actors) or any(
+        isinstance(value := effect.get(field), str) and _is_id(value)
+        for effect in event.effects
+        for field in _REFERENCE_FIELDS
+    )
+
+
+def _names_for_ids(event: StoredEvent, names: Mapping[str, str]) -> StoredEvent:
+    """The event with each entity id it uses replaced by the name in ``names`` (ids not there are
+    kept: a replay then knows the entity by that id only)."""
+
+    def name(reference: str) -> str:
+        return names.get(reference.strip().lower(), reference) if _is_id(reference) else reference
+
+    actors = [{**actor, "name": name(actor["name"])} for actor in event.actors]
+    effects = [
+        {field: name(value) if field in _REFERENCE_FIELDS and isinstance(value, str) else value
+         for field, value in effect.items()}
+        for effect in event.effects
+    ]  # fmt: skip
+    return msgspec.structs.replace(event, actors=actors, effects=effects)
 
 
 def alias_groups(declarations: Iterable[tuple[str, str]]) -> dict[str, tuple[str, list[str]]]:

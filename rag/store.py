@@ -44,6 +44,7 @@ __all__ = [
     "events_at",
     "events_up_to",
     "existing_external_ids",
+    "first_mentions",
     "get_chronicle",
     "list_chronicles",
     "list_events",
@@ -238,6 +239,28 @@ async def list_chronicles(
         query = query.where(func.row(chronicles.c.created_at, chronicles.c.id) > func.row(after[0], after[1]))
     rows = await conn.execute(query.order_by(chronicles.c.created_at, chronicles.c.id).limit(limit))
     return [ChronicleRow(*row) for row in rows]
+
+
+_FIRST_MENTIONS: Final = text(
+    "SELECT named.key, min(e.sequence) FROM chronicle_events e "
+    "CROSS JOIN LATERAL unnest(e.entity_keys) AS named(key) "
+    "WHERE e.tenant_id = :tenant_id AND e.chronicle_id = :chronicle_id "
+    "AND e.entity_keys && CAST(:keys AS text[]) AND named.key = ANY(CAST(:keys AS text[])) "
+    "GROUP BY named.key"
+)
+
+
+async def first_mentions(
+    conn: AsyncConnection, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, keys: Sequence[str]
+) -> dict[str, int]:
+    """The sequence of the first event that names each of ``keys`` (normalized names), for those
+    the chronicle names at all. A chronicle only grows, so the answer never changes."""
+    if not keys:
+        return {}
+    rows = await conn.execute(
+        _FIRST_MENTIONS, {"tenant_id": tenant_id, "chronicle_id": chronicle_id, "keys": sorted(set(keys))}
+    )
+    return {key: int(sequence) for key, sequence in rows}
 
 
 async def existing_external_ids(

@@ -221,8 +221,8 @@ def refused_component_values(events: Sequence[EventIn]) -> list[FieldError]:
 async def _other_names(
     services: Services, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, ref: str
 ) -> tuple[str, ...]:
-    """The name and aliases of the entity ``ref`` denotes (ECS): events name a character by any of
-    them ("the Grey Heron" for Wren). Nothing with ECS unavailable: the listing then matches
+    """The name, aliases and id of the entity ``ref`` denotes (ECS): events name a character by any
+    of them ("the Grey Heron" for Wren). Nothing with ECS unavailable: the listing then matches
     ``ref`` as written, which is what the chronicle alone can do. The lookup goes through the ECS
     breaker, so that with ECS down a listing neither waits for it nor keeps probing it, and is
     skipped while ECS enrichment is switched off."""
@@ -240,4 +240,5 @@ async def _other_names(
         if not is_ecs_failure(error):
             raise
         return ()
-    return () if core is None else (core.name, *core.aliases)
+    # And its id: a client may name an actor by the id it read from the entity endpoints.
+    return () if core is None else (core.name, *core.aliases, str(core.id))
