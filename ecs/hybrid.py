@@ -91,6 +91,8 @@ from ecs.state_source import (
     ChronicleReplayStateSource,
     EcsStateSource,
     cite_relationships,
+    named_by_id,
+    names_for_ids,
     state_from_world,
 )
 from rag.context import EntityState
@@ -954,7 +956,9 @@ def _replay_seeded(
             effects.append({"op": "spawn", "entity": subject.name, "kind": subject.kind})
             effects += [{"op": "alias", "entity": subject.name, "alias": alias} for alias in aliases]
     seeded = bool(effects) and bool(events) and events[0].sequence > 0
-    stored = list(events)
+    # The seed gives the subjects ids of its own: an event naming one by its ECS id names it.
+    ids = {str(subject.id): subject.name for subject in subjects if subject.id is not None}
+    stored = [names_for_ids(event, ids) if ids and named_by_id(event) else event for event in events]
     if seeded:
         seed = StoredEvent(
             id=uuid.UUID(int=0), chronicle_id=chronicle_id, sequence=0, external_id=None, kind="seed",

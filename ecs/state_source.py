@@ -58,7 +58,9 @@ __all__ = [
     "EcsStateSource",
     "KnownNamesCache",
     "alias_groups",
+    "named_by_id",
     "named_in_event",
+    "names_for_ids",
     "seeded_world",
     "state_from_world",
 ]
@@ -596,7 +598,7 @@ class ChronicleReplayStateSource:
             )
             sequences.update(row[0] for row in rows)
         events = await events_at(conn, self.tenant_id, self.chronicle_id, sorted(sequences))
-        if any(_named_by_id(event) for event in events):
+        if any(named_by_id(event) for event in events):
             # This replay gives entities ids of its own (it starts where its window does): read
             # each id the events use as the name of the entity ECS gave it to.
             every = await self._ids_of(
@@ -604,7 +606,7 @@ class ChronicleReplayStateSource:
             )
             display = {normalize_name(k.name): k.name for k in known}
             events = [
-                _names_for_ids(event, {i: display.get(k, k) for k, i in every.items()}) for event in events
+                names_for_ids(event, {i: display.get(k, k) for k, i in every.items()}) for event in events
             ]
         world = seeded_world(str(self.chronicle_id), known)
         last_holder: str | None = None
@@ -928,7 +930,8 @@ def _is_id(reference: str) -> bool:
     return True
 
 
-def _named_by_id(event: StoredEvent) -> bool:
+def named_by_id(event: StoredEvent) -> bool:
+    """Whether an event names an entity by its id (as actor or in an effect)."""
     return any(_is_id(a["name"]) for a in event.actors) or any(
         isinstance(value := effect.get(field), str) and _is_id(value)
         for effect in event.effects
@@ -936,7 +939,7 @@ def _named_by_id(event: StoredEvent) -> bool:
     )
 
 
-def _names_for_ids(event: StoredEvent, names: Mapping[str, str]) -> StoredEvent:
+def names_for_ids(event: StoredEvent, names: Mapping[str, str]) -> StoredEvent:
     """The event with each entity id it uses replaced by the name in ``names`` (ids not there are
     kept: a replay then knows the entity by that id only)."""
 

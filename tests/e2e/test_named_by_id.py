@@ -52,6 +52,8 @@ async def story(client, engine) -> tuple[PostedStory, dict[str, str]]:
          "effects": [{"op": "status", "entity": ids["Odile"], "status": "alive"},
                      {"op": "transfer", "item": ids["Tin Box"], "to": "Odile"},
                      {"op": "move", "entity": ids["Odile"], "to": ids["Mill"]}]},
+        {"external_id": "ferry-7", "summary": "The Ferrywoman falls asleep in her boat.",
+         "actors": [{"name": ids["Tamsin"]}], "effects": [{"op": "status", "entity": ids["Tamsin"], "status": "asleep"}]},
     ]  # fmt: skip
     response = await client.post(
         f"/api/chronicles/{posted.chronicle}/events", json={"events": later}, headers=posted.tenant.headers
@@ -111,4 +113,18 @@ async def test_the_events_of_an_actor_include_those_naming_it_by_id(client, stor
         assert page.status_code == 200, page.text
         assert [e["sequence"] for e in page.json()["items"]] == [1, 3, 4, 6], actor
     tamsin = await client.get(url, params={"actor": "the Ferrywoman"}, headers=posted.tenant.headers)
-    assert [e["sequence"] for e in tamsin.json()["items"]] == [1, 2, 5]
+    assert [e["sequence"] for e in tamsin.json()["items"]] == [1, 2, 5, 7]
+
+
+async def test_hybrid_questions_follow_changes_made_by_id_to_an_entity_with_an_alias(client, story) -> None:
+    posted, _ = story
+    fate = await posted.query(client, type="entity_fate", entity="the Ferrywoman")
+    assert fate["answered_from"] == "ecs"
+    # Tamsin (the Ferrywoman) is named by id in 5: she leaves the box and stops trusting Odile.
+    assert [e["event"]["sequence"] for e in fate["events"]] == [1, 2, 5, 7]
+    assert fate["current"]["inventory"] == []
+    assert fate["current"]["status"]["value"] == "asleep"
+    history = await posted.query(client, type="relationship_history", a="Tamsin", b="Odile")
+    assert [(c["sequence"], c["value"]) for c in history["changes"]] == [(1, 0.6), (5, -0.4)]
+    odile = await posted.query(client, type="entity_fate", entity="Odile")
+    assert [e["event"]["sequence"] for e in odile["events"]] == [1, 3, 4, 6]  # 5 is a feeling of Tamsin's
