@@ -814,8 +814,33 @@ class ChronicleReplayStateSource:
                 state = state_from_world(world, entity_id)
                 if state is not None:
                     state = await self._still_held(conn, state, keys, as_of_sequence, known_list)
+                    if as_of_sequence is not None and state.aliases:
+                        state = await self._aliases_by(conn, state, keys, as_of_sequence)
                     states.append(msgspec.structs.replace(state, id=key))
             return await cite_relationships(conn, self.tenant_id, self.chronicle_id, states)
+
+    async def _aliases_by(
+        self, conn: Any, state: EntityState, keys: set[str], as_of_sequence: int
+    ) -> EntityState:
+        """``state`` with only the aliases declared by ``as_of_sequence``: the replay knows every
+        alias from the start (an event may use one before the replay reaches its declaration)."""
+        rows = await conn.execute(
+            select(chronicle_events.c.effects).where(
+                *self._in_chronicle(),
+                chronicle_events.c.sequence <= as_of_sequence,
+                chronicle_events.c.effects.contains([{"op": "alias"}]),
+                chronicle_events.c.entity_keys.overlap(sorted(keys)),
+            )
+        )
+        declared = {
+            normalize_name(str(effect.get("alias", "")))
+            for (effects,) in rows
+            for effect in effects
+            if effect.get("op") == "alias"
+        }
+        return msgspec.structs.replace(
+            state, aliases=[a for a in state.aliases if normalize_name(a) in declared]
+        )
 
     async def _still_held(
         self,

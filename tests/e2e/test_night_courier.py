@@ -243,3 +243,11 @@ async def test_the_degraded_replay_windows_each_holder_on_its_own(engine, story:
     assert drive.holder is not None and drive.holder.value == "Black Case"
     assert drive.carried_by == ["Mara Okafor"]
     assert drive.location is not None and (drive.location.value, drive.location.sequence) == ("Hangar", 8)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_past_state_knows_only_the_names_given_by_then(client, story: PostedStory, mode) -> None:
+    before = await story.context(client, query="Who is in the hangar?", mode=mode, as_of_sequence=11)
+    assert state_of(before, "Hangar")["aliases"] == [], mode  # "Bay Four" comes at 12
+    after = await story.context(client, query="Who is in the hangar?", mode=mode, as_of_sequence=12)
+    assert state_of(after, "Hangar")["aliases"] == ["Bay Four"], mode
