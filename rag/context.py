@@ -300,7 +300,10 @@ async def assemble_context(
         pov_id = pov.id if pov is not None else None
         if pov_id is not None and pov_id not in wanted:
             wanted.append(pov_id)
-        fetched = {s.id: s for s in await state_source.entity_states(wanted, request.as_of_sequence)}
+        fetched = {
+            s.id: _relationships_in_order(s)
+            for s in await state_source.entity_states(wanted, request.as_of_sequence)
+        }
         states = [fetched[i] for i in focus_ids if i in fetched]
         if analysis.has("presence"):
             # "Who is at the keep?": the answer is who is there, which no name in the question
@@ -755,6 +758,17 @@ def _event_keys(event: StoredEvent) -> set[str]:
             if isinstance(value, str):
                 keys.add(normalize_name(value))
     return keys
+
+
+def _relationships_in_order(state: EntityState) -> EntityState:
+    """``state`` with its relationships in one order whatever the source: its own feelings first,
+    then others' toward it, each by the other's name. (ECS and a replay ordered them each its own
+    way, so under a tight budget the two modes kept different ones.)"""
+    ordered = sorted(
+        state.relationships,
+        key=lambda r: (r.direction != "outgoing", r.other.casefold(), r.other, r.other_id),
+    )
+    return msgspec.structs.replace(state, relationships=ordered)
 
 
 def _rendered_relationships(state: EntityState, focus_ids: set[str]) -> tuple[list[RelationFact], int]:

@@ -240,3 +240,18 @@ async def test_a_relation_with_nothing_left_is_ended_not_drawn(client, story: St
         assert ("Doran Pike", "incoming") not in {
             (r["other"]["name"], r["direction"]) for r in view["relationships"]
         }
+
+
+async def test_both_modes_list_relationships_in_the_same_order(client, story: Story) -> None:
+    def order(bundle: dict) -> dict[str, list[tuple[str, str]]]:
+        return {s["name"]: [(r["direction"], r["other"]) for r in s["relationships"]] for s in bundle["state"]}
+
+    full, degraded = [
+        await context(client, story, query="How do they feel about each other?",
+                      focus=["Hesper Vane", "Lisbet Crow", "Doran Pike"], mode=mode)
+        for mode in MODES
+    ]  # fmt: skip
+    assert order(full) == order(degraded)
+    for relations in order(full).values():  # its own feelings first, then others', by name
+        assert relations == sorted(relations, key=lambda r: (r[0] != "outgoing", r[1].casefold()))
+    assert any(len(relations) > 1 for relations in order(full).values())
