@@ -244,7 +244,9 @@ async def test_a_relation_with_nothing_left_is_ended_not_drawn(client, story: St
 
 async def test_both_modes_list_relationships_in_the_same_order(client, story: Story) -> None:
     def order(bundle: dict) -> dict[str, list[tuple[str, str]]]:
-        return {s["name"]: [(r["direction"], r["other"]) for r in s["relationships"]] for s in bundle["state"]}
+        return {
+            s["name"]: [(r["direction"], r["other"]) for r in s["relationships"]] for s in bundle["state"]
+        }
 
     full, degraded = [
         await context(client, story, query="How do they feel about each other?",
