@@ -528,8 +528,14 @@ async def assemble_context(
     truncated = False
     if count(text) > budget:
         text = counter.truncate(text, budget)
-        # Whole lines only: a fact cut mid-way ("trust +0.") reads as a different fact.
-        if (line_end := text.rfind("\n")) > 0:
+        # Whole lines only: a fact cut mid-way ("trust +0.") reads as a different fact. Nor a
+        # header with nothing under it, nor blank lines at the end (one final newline, as always).
+        lines = text.split("\n")[:-1]
+        while lines and (not lines[-1].strip() or lines[-1].lstrip().startswith("#")):
+            lines.pop()
+        if lines:
+            text = "\n".join(lines) + "\n"
+        elif (line_end := text.rfind("\n")) > 0:
             text = text[: line_end + 1]
         truncated = True
     omitted += [

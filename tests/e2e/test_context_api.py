@@ -71,6 +71,14 @@ async def test_budget_is_honoured_exactly_and_history_is_cut_first(client, tenan
     tiny = await context(client, tenant, story, query="What happened to the silver key?", max_tokens=120)
     reasons = {o["reason"] for o in tiny["manifest"]["omitted"]}
     assert "token budget" in reasons
+    # Cut to fewer tokens than the state needs: whole lines, no header left with nothing under it,
+    # one final newline.
+    for budget in (40, 60, 90):
+        cut = await context(client, tenant, story, query="Where is Bram and who does he trust?", max_tokens=budget,
+                            format="both")  # fmt: skip
+        assert cut["token_count"] <= budget
+        assert cut["text"].endswith("\n") and not cut["text"].endswith("\n\n"), (budget, cut["text"])
+        assert not cut["text"].rstrip("\n").splitlines()[-1].startswith("#"), (budget, cut["text"])
 
 
 async def test_same_request_gives_byte_identical_text(client, tenant, story) -> None:
