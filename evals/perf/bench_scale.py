@@ -76,8 +76,6 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "evals" / "perf" / "results" / "scale.json"
 DIMENSION = 384
 HNSW_INDEX = "chronicle_events_embedding_hnsw"
-HNSW_OPTIONS = "WITH (m = 12)"
-"""The build parameters migration 0003 gives the service's index (the halfvec one gets them too)."""
 HALFVEC_INDEX = "bench_embedding_halfvec_hnsw"
 SLOWEST_KEPT = 8
 QUESTIONS = ("Where is {a} now?", "What happened to {a}?", "Who does {a} trust?", "What is {a} carrying?",
@@ -592,15 +590,14 @@ async def run(args: argparse.Namespace, root: Path) -> None:
         memory = args.maintenance_work_mem
         with phase("hnsw_vector") as record:
             record |= await build_index(
-                engine, f"CREATE INDEX {HNSW_INDEX} ON chronicle_events USING hnsw (embedding vector_cosine_ops) "
-                f"{HNSW_OPTIONS}",
+                engine, f"CREATE INDEX {HNSW_INDEX} ON chronicle_events USING hnsw (embedding vector_cosine_ops)",
                 HNSW_INDEX, memory, args.phase_timeout,
             )  # fmt: skip
         if args.halfvec:
             with phase("hnsw_halfvec") as record:
                 record |= await build_index(
                     engine, f"CREATE INDEX {HALFVEC_INDEX} ON chronicle_events USING hnsw "
-                    f"((embedding::halfvec({DIMENSION})) halfvec_cosine_ops) {HNSW_OPTIONS}", HALFVEC_INDEX, memory, args.phase_timeout,
+                    f"((embedding::halfvec({DIMENSION})) halfvec_cosine_ops)", HALFVEC_INDEX, memory, args.phase_timeout,
                 )  # fmt: skip
         async with engine.begin() as conn:
             await conn.execute(text("ANALYZE chronicle_events"))

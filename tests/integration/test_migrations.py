@@ -43,8 +43,6 @@ async def test_upgrade_downgrade_upgrade(empty_engine) -> None:
         assert await current_revision(conn) == head_revision()
     indexes = await index_definitions(empty_engine)
     assert "USING hnsw (embedding vector_cosine_ops)" in indexes["chronicle_events_embedding_hnsw"]
-    # Built with the parameters that keep ingest cheap (migration 0003).
-    assert "WITH (m='12')" in indexes["chronicle_events_embedding_hnsw"]
     assert "USING gin (search_vector)" in indexes["chronicle_events_search_gin"]
     assert "(chronicle_id, sequence)" in indexes["chronicle_events_sequence_key"]
     assert "UNIQUE" in indexes["chronicle_events_external_id_key"]
