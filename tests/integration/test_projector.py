@@ -244,7 +244,10 @@ async def test_rebuild_and_verify_read_the_chronicle_a_page_at_a_time_with_the_s
                 select(ecs_valence_history.c.sequence, ecs_valence_history.c.from_id, ecs_valence_history.c.to_id,
                        ecs_valence_history.c.dimension, ecs_valence_history.c.delta, ecs_valence_history.c.new_value)
                 .where(ecs_valence_history.c.chronicle_id == chronicle_id)
-                .order_by(ecs_valence_history.c.sequence, ecs_valence_history.c.dimension)
+                # Every column of the key: two feelings changed by one event (same sequence and
+                # dimension) came back in either order after the rebuild.
+                .order_by(ecs_valence_history.c.sequence, ecs_valence_history.c.dimension,
+                          ecs_valence_history.c.from_id, ecs_valence_history.c.to_id)
             )  # fmt: skip
             return [tuple(r) for r in rows]
 
