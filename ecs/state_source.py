@@ -25,6 +25,7 @@ from ecs.components import Holder, Position, Status
 from ecs.projector import replay_stored, to_chronicle_event
 from ecs.queries import (
     EntityFilters,
+    EntitySummary,
     ValenceSource,
     complete_views,
     get_entity_core,
@@ -388,15 +389,7 @@ class EcsStateSource:
         position = await self.position()
         if as_of_sequence is not None and as_of_sequence < (position or 0):
             return present_in_world(await self._world_as_of(as_of_sequence), location_id, limit)
-        try:
-            place = uuid.UUID(location_id)
-        except ValueError:
-            return []
-        filters = EntityFilters(kind=PRESENT_KIND, location_id=place)
-        async with self.ecs_engine.connect() as conn:
-            found = await list_entities(
-                conn, self.tenant_id, self.chronicle_id, filters, after=None, limit=limit
-            )
+        found = await self._listed_at(location_id, PRESENT_KIND, limit)
         return [Present(summary.name, summary.status) for summary in found]
 
     async def items_at(self, location_id: str, as_of_sequence: int | None, limit: int) -> list[EntityState]:
@@ -408,16 +401,20 @@ class EcsStateSource:
             world = await self._world_as_of(as_of_sequence)
             items = items_in_world(world, location_id)[: ITEMS_READ * limit]
             return await self.replayed(items, as_of_sequence)
+        found = await self._listed_at(location_id, ITEM_KIND, ITEMS_READ * limit)
+        return await self.entity_states([str(summary.id) for summary in found], None)
+
+    async def _listed_at(self, location_id: str, kind: str, limit: int) -> list[EntitySummary]:
+        """The entities of ``kind`` whose place is ``location_id`` now, in order of appearance."""
         try:
             place = uuid.UUID(location_id)
         except ValueError:
             return []
-        filters = EntityFilters(kind=ITEM_KIND, location_id=place)
+        filters = EntityFilters(kind=kind, location_id=place)
         async with self.ecs_engine.connect() as conn:
-            found = await list_entities(
-                conn, self.tenant_id, self.chronicle_id, filters, after=None, limit=ITEMS_READ * limit
+            return await list_entities(
+                conn, self.tenant_id, self.chronicle_id, filters, after=None, limit=limit
             )
-        return await self.entity_states([str(summary.id) for summary in found], None)
 
     async def replayed(self, entity_ids: Sequence[str], as_of_sequence: int) -> list[EntityState]:
         """The entities as they were at `as_of_sequence`, replayed from the chronicle."""

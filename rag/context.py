@@ -318,7 +318,7 @@ async def assemble_context(
             # "What is hidden in the chapel?": what a place holds are the things left there. Those
             # carried by someone there are in that someone's inventory, not the place's.
             for place in [s for s in states if s.kind == "location"]:
-                items = await state_source.items_at(place.id, request.as_of_sequence, 3 * LYING_LISTED)
+                items = await state_source.items_at(place.id, request.as_of_sequence, LYING_LISTED)
                 lying[place.id] = lying_at(place, items)[:LYING_LISTED]
         return states, fetched.get(pov_id) if pov_id else None, present, lying, _ms(t)
 
