@@ -52,7 +52,7 @@ from rag.context import Citation, EntityState, Fact, Present, RelationFact
 from rag.events import normalize_name
 from rag.query_analysis import KnownEntity
 from rag.schema import chronicle_events
-from rag.store import StoredEvent, event_ids_at, events_at, events_up_to, first_mentions
+from rag.store import StoredEvent, event_ids_at, events_at, events_up_to, first_mentions, last_mentions
 
 __all__ = [
     "ChronicleReplayStateSource",
@@ -448,6 +448,17 @@ class KnownNamesCache:
         # event may bring a new name.
         self._entries: dict[uuid.UUID, tuple[float, Hashable, tuple[KnownEntity, ...]]] = {}
         self._aliases: dict[uuid.UUID, tuple[int, list[tuple[str, str]]]] = {}
+        # The first event naming a name never changes (the chronicle only grows): kept without
+        # expiry, like the alias declarations. None: not named (yet), asked again next time.
+        self._first: dict[uuid.UUID, dict[str, int]] = {}
+
+    def first_mentions(self, chronicle_id: uuid.UUID) -> dict[str, int]:
+        """Normalized name -> the sequence of the first event naming it, as found so far."""
+        if chronicle_id not in self._first:
+            if len(self._first) >= self._max:
+                self._first.clear()
+            self._first[chronicle_id] = {}
+        return self._first[chronicle_id]
 
     def aliases(self, chronicle_id: uuid.UUID) -> tuple[int, list[tuple[str, str]]]:
         """(sequence read through, the ``(entity, alias)`` declarations up to it, in order)."""
@@ -621,7 +632,14 @@ class ChronicleReplayStateSource:
         chronicle alone tells it."""
         wanted = [key for key in dict.fromkeys(keys) if key not in self._ids and not _is_id(key)]
         if wanted:
-            found = await first_mentions(conn, self.tenant_id, self.chronicle_id, wanted)
+            cached = (
+                self.known_cache.first_mentions(self.chronicle_id) if self.known_cache is not None else {}
+            )
+            found = {key: cached[key] for key in wanted if key in cached}
+            unknown = [key for key in wanted if key not in found]
+            if unknown:
+                found |= await first_mentions(conn, self.tenant_id, self.chronicle_id, unknown)
+                cached.update((key, found[key]) for key in unknown if key in found)
             for key in wanted:
                 self._ids[key] = (
                     entity_id_for(str(self.chronicle_id), found[key], key) if key in found else None
@@ -854,15 +872,20 @@ class ChronicleReplayStateSource:
         if not state.inventory:
             return state
         by_name = {normalize_name(k.name): k for k in known}
-        kept: list[Fact] = []
+        names_of: dict[str, set[str]] = {}
         for fact in state.inventory:
             item = by_name.get(normalize_name(str(fact.value)))
-            item_keys = {normalize_name(n) for n in (str(fact.value), *(item.aliases if item else ()))}
-            conditions = [*self._in_chronicle(), chronicle_events.c.entity_keys.overlap(sorted(item_keys)),
-                          chronicle_events.c.sequence > (fact.sequence or 0)]  # fmt: skip
-            if as_of_sequence is not None:
-                conditions.append(chronicle_events.c.sequence <= as_of_sequence)
-            if await conn.scalar(select(chronicle_events.c.sequence).where(*conditions).limit(1)) is None:
+            names_of[str(fact.value)] = {
+                normalize_name(n) for n in (str(fact.value), *(item.aliases if item else ()))
+            }
+        up_to = as_of_sequence if as_of_sequence is not None else 2**63 - 1  # bigint: every event
+        last = await last_mentions(
+            conn, self.tenant_id, self.chronicle_id, sorted(set().union(*names_of.values())), up_to
+        )
+        kept: list[Fact] = []
+        for fact in state.inventory:
+            item_keys = names_of[str(fact.value)]
+            if max((last.get(k, 0) for k in item_keys), default=0) <= (fact.sequence or 0):
                 kept.append(fact)
                 continue
             world, _, _ = await self._replay_events_of(conn, item_keys, as_of_sequence, known)

@@ -46,6 +46,7 @@ __all__ = [
     "existing_external_ids",
     "first_mentions",
     "get_chronicle",
+    "last_mentions",
     "list_chronicles",
     "list_events",
     "recent_events",
@@ -260,6 +261,27 @@ async def first_mentions(
     rows = await conn.execute(
         _FIRST_MENTIONS, {"tenant_id": tenant_id, "chronicle_id": chronicle_id, "keys": sorted(set(keys))}
     )
+    return {key: int(sequence) for key, sequence in rows}
+
+
+_LAST_MENTIONS: Final = text(
+    "SELECT named.key, max(e.sequence) FROM chronicle_events e "
+    "CROSS JOIN LATERAL unnest(e.entity_keys) AS named(key) "
+    "WHERE e.tenant_id = :tenant_id AND e.chronicle_id = :chronicle_id AND e.sequence <= :up_to "
+    "AND e.entity_keys && CAST(:keys AS text[]) AND named.key = ANY(CAST(:keys AS text[])) "
+    "GROUP BY named.key"
+)
+
+
+async def last_mentions(
+    conn: AsyncConnection, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, keys: Sequence[str], up_to: int
+) -> dict[str, int]:
+    """The sequence of the last event up to ``up_to`` that names each of ``keys`` (normalized)."""
+    if not keys:
+        return {}
+    rows = await conn.execute(_LAST_MENTIONS, {
+        "tenant_id": tenant_id, "chronicle_id": chronicle_id, "keys": sorted(set(keys)), "up_to": up_to,
+    })  # fmt: skip
     return {key: int(sequence) for key, sequence in rows}
 
 
