@@ -530,17 +530,21 @@ async def test_filtered_vector_search_returns_k_rows_with_iterative_scan(engine,
             # 40 and at 100 the approximate top 10 shared only 7 with the exact one (twice each).
             return await vector_search(conn, q, 10, 200, iterative_scan=mode)  # type: ignore[arg-type]
 
+    # The best match is among the rows found, not necessarily first: the walk is approximate, and
+    # in a full test run many chronicles hold copies of this story in the same graph (CI once saw
+    # the second best come first).
+    best = story.by_external["salt-road-015"]
     relaxed = await search("relaxed_order", force_hnsw=True)
     assert len(relaxed) == 10
     assert all(h.event_id in story.sequence_of for h in relaxed)
-    assert relaxed[0].event_id == story.by_external["salt-road-015"]
+    assert best in {h.event_id for h in relaxed}
     strict = await search("strict_order", force_hnsw=True)
     assert len(strict) == 10
     assert all(h.event_id in story.sequence_of for h in strict)
     # strict_order promises rows in exact distance order; which rows sit at the edge of the top 10
     # is approximate in both modes (CI once saw the 10th differ), so the sets are compared by recall.
     assert [h.score for h in strict] == sorted((h.score for h in strict), reverse=True)
-    assert strict[0].event_id == relaxed[0].event_id
+    assert best in {h.event_id for h in strict}
     # Each against the exact ten nearest of the story (cosine over its stored vectors): the two
     # approximate walks of a graph that the whole suite's events shape may differ at the edge by
     # more than either differs from the truth (CI once saw 7 shared).
@@ -558,10 +562,10 @@ async def test_filtered_vector_search_returns_k_rows_with_iterative_scan(engine,
     assert len(await search("off", force_hnsw=True)) < 10
     # The planner's own choice (exact via the btree, or the index once statistics say the
     # chronicle is small) also gives k rows, and the approximate search found (nearly) the same
-    # ones: same best match, recall@10 of at least 0.8 against it.
+    # ones: the best match among them, recall@10 of at least 0.8 against it.
     chosen = await search("relaxed_order", force_hnsw=False)
     assert len(chosen) == 10
-    assert chosen[0].event_id == relaxed[0].event_id
+    assert best in {h.event_id for h in chosen}
     assert len({h.event_id for h in chosen} & {h.event_id for h in relaxed}) >= 8
 
 
