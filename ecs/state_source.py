@@ -878,10 +878,10 @@ class ChronicleReplayStateSource:
             names_of[str(fact.value)] = {
                 normalize_name(n) for n in (str(fact.value), *(item.aliases if item else ()))
             }
-        up_to = as_of_sequence if as_of_sequence is not None else 2**63 - 1  # bigint: every event
         last = await last_mentions(
-            conn, self.tenant_id, self.chronicle_id, sorted(set().union(*names_of.values())), up_to
-        )
+            conn, self.tenant_id, self.chronicle_id, sorted(set().union(*names_of.values())),
+            as_of_sequence if as_of_sequence is not None else self.chronicle_sequence or 2**63 - 1,
+        )  # fmt: skip
         kept: list[Fact] = []
         for fact in state.inventory:
             item_keys = names_of[str(fact.value)]

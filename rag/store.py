@@ -242,13 +242,29 @@ async def list_chronicles(
     return [ChronicleRow(*row) for row in rows]
 
 
-_FIRST_MENTIONS: Final = text(
-    "SELECT named.key, min(e.sequence) FROM chronicle_events e "
-    "CROSS JOIN LATERAL unnest(e.entity_keys) AS named(key) "
-    "WHERE e.tenant_id = :tenant_id AND e.chronicle_id = :chronicle_id "
+# "SELECT named.key, min" or "... max" + this: the first or the last event naming each key.
+_MENTIONED_IN = (
+    "(e.sequence) FROM chronicle_events e CROSS JOIN LATERAL unnest(e.entity_keys) AS named(key) "
+    "WHERE e.tenant_id = :tenant_id AND e.chronicle_id = :chronicle_id AND e.sequence <= :up_to "
     "AND e.entity_keys && CAST(:keys AS text[]) AND named.key = ANY(CAST(:keys AS text[])) "
     "GROUP BY named.key"
 )
+_MENTIONS: Final = {
+    "first": text("SELECT named.key, min" + _MENTIONED_IN),
+    "last": text("SELECT named.key, max" + _MENTIONED_IN),
+}
+
+
+async def _mentions(
+    conn: AsyncConnection, which: str, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, keys: Sequence[str],
+    up_to: int,
+) -> dict[str, int]:  # fmt: skip
+    if not keys:
+        return {}
+    rows = await conn.execute(_MENTIONS[which], {
+        "tenant_id": tenant_id, "chronicle_id": chronicle_id, "keys": sorted(set(keys)), "up_to": up_to,
+    })  # fmt: skip
+    return {key: int(sequence) for key, sequence in rows}
 
 
 async def first_mentions(
@@ -256,33 +272,18 @@ async def first_mentions(
 ) -> dict[str, int]:
     """The sequence of the first event that names each of ``keys`` (normalized names), for those
     the chronicle names at all. A chronicle only grows, so the answer never changes."""
-    if not keys:
-        return {}
-    rows = await conn.execute(
-        _FIRST_MENTIONS, {"tenant_id": tenant_id, "chronicle_id": chronicle_id, "keys": sorted(set(keys))}
-    )
-    return {key: int(sequence) for key, sequence in rows}
-
-
-_LAST_MENTIONS: Final = text(
-    "SELECT named.key, max(e.sequence) FROM chronicle_events e "
-    "CROSS JOIN LATERAL unnest(e.entity_keys) AS named(key) "
-    "WHERE e.tenant_id = :tenant_id AND e.chronicle_id = :chronicle_id AND e.sequence <= :up_to "
-    "AND e.entity_keys && CAST(:keys AS text[]) AND named.key = ANY(CAST(:keys AS text[])) "
-    "GROUP BY named.key"
-)
+    return await _mentions(conn, "first", tenant_id, chronicle_id, keys, _EVERY_SEQUENCE)
 
 
 async def last_mentions(
     conn: AsyncConnection, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, keys: Sequence[str], up_to: int
 ) -> dict[str, int]:
     """The sequence of the last event up to ``up_to`` that names each of ``keys`` (normalized)."""
-    if not keys:
-        return {}
-    rows = await conn.execute(_LAST_MENTIONS, {
-        "tenant_id": tenant_id, "chronicle_id": chronicle_id, "keys": sorted(set(keys)), "up_to": up_to,
-    })  # fmt: skip
-    return {key: int(sequence) for key, sequence in rows}
+    return await _mentions(conn, "last", tenant_id, chronicle_id, keys, up_to)
+
+
+_EVERY_SEQUENCE: Final = 2**63 - 1
+"""The largest bigint: a bound past every event."""
 
 
 async def existing_external_ids(

@@ -190,7 +190,7 @@ class ChronicleController(Controller):
         after = decode_cursor(cursor, _EventCursor).s if cursor is not None else 0
         filters = EventFilters(
             actor=actor,
-            actor_names=await _other_names(services, tenant_id, chronicle_id, actor) if actor else (),
+            actor_names=await _names_and_id(services, tenant_id, chronicle_id, actor) if actor else (),
             kind=kind,
             from_sequence=from_sequence,
             to_sequence=to_sequence,
@@ -218,7 +218,7 @@ def refused_component_values(events: Sequence[EventIn]) -> list[FieldError]:
     ]
 
 
-async def _other_names(
+async def _names_and_id(
     services: Services, tenant_id: uuid.UUID, chronicle_id: uuid.UUID, ref: str
 ) -> tuple[str, ...]:
     """The name, aliases and id of the entity ``ref`` denotes (ECS): events name a character by any
